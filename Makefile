@@ -1,0 +1,50 @@
+# `make test` and `make reproduce` build .venv on first use; a changed requirements.txt rebuilds it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PRESET ?= cpu
+FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
+FASHION_MNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
+
+.PHONY: test reproduce data bench venv clean-venv
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	@# the checkout itself on the venv's path, so notebooks, torchrun and scripts import mixedae_core
+	$(PY) -c "import site; open(site.getsitepackages()[0] + '/mixedae_core.pth', 'w').write('$(CURDIR)\\n')"
+	@touch $@
+
+test: $(STAMP)
+	$(PY) -m pytest -q tests
+
+# Fashion-MNIST offline: Debian's dataset-fashion-mnist, else torchvision's download into data/.
+data:
+	@if [ -f $(FASHION_MNIST_DIR)/train-images-idx3-ubyte.gz ]; then \
+	  echo "Fashion-MNIST: $(FASHION_MNIST_DIR)"; \
+	elif command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ] && \
+	     (apt-get install -y -q dataset-fashion-mnist || (apt-get update -q && apt-get install -y -q dataset-fashion-mnist)) >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST: installed Debian's dataset-fashion-mnist into $(FASHION_MNIST_DIR)"; \
+	elif $(MAKE) -s $(STAMP) && $(PY) -c "import torchvision; torchvision.datasets.FashionMNIST('data', download=True); torchvision.datasets.FashionMNIST('data', train=False, download=True)" >/dev/null 2>&1; then \
+	  echo "Fashion-MNIST: downloaded by torchvision into data/FashionMNIST/raw"; \
+	else \
+	  echo "Fashion-MNIST is not available and could not be fetched. Either:"; \
+	  echo "  - on Debian/Ubuntu: sudo apt-get install dataset-fashion-mnist   (files land in /usr/share/datasets/fashion-mnist), or"; \
+	  echo "  - put $(FASHION_MNIST_FILES) (from github.com/zalandoresearch/fashion-mnist, data/fashion) into data/FashionMNIST/raw/,"; \
+	  echo "    or into any folder and run: make data FASHION_MNIST_DIR=that/folder"; \
+	  exit 1; \
+	fi
+
+# Step time of every method, alternated in one process (CPU, or CUDA in bf16 when present).
+bench: $(STAMP)
+	$(PY) benchmarks/step_time.py --model cpu
+	$(PY) benchmarks/step_time.py --model tiny
+
+reproduce: $(STAMP) data
+	@echo "make reproduce: the notebook suite is not built yet (see README, Status)"; exit 1
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,460 @@
+"""MAE, MAE + naive mixing and MixedAE as one ViT built from timm blocks (METHOD.md is the spec).
+
+`method='mae'` is the official facebookresearch/mae `MaskedAutoencoderViT` (same parameter names, init,
+masking and loss; checked against its outputs in tests/test_mae_parity.py). The mixing methods reuse the
+same encoder and decoder: they only change which tokens enter the encoder, which tokens each image's
+decoder sequence gets, the attention of the homologous layers and (MixedAE) add one loss.
+"""
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import PatchEmbed
+from timm.models.vision_transformer import Attention, Block, VisionTransformer
+
+from .losses import homologous_contrastive_loss, normalize_patches, patchify, reconstruction_loss
+from .mixing import draw_partition, mix_tokens
+
+METHODS = ("mae", "naive", "mixedae")
+
+
+@dataclass
+class ModelConfig:
+    """Every model switch. MAE sizes use the official MAE constructor's keyword names.
+
+    Switches that only MixedAE uses (`topk`, `homologous_layers`, `seg_embed`) default to None, meaning
+    "the method's default"; setting them for another method is an error. `hc_weight` and
+    `hc_temperature` are read by MixedAE only.
+    """
+    method: str = "mixedae"
+    img_size: int = 32
+    patch_size: int = 4
+    in_chans: int = 3
+    embed_dim: int = 192
+    depth: int = 12
+    num_heads: int = 3
+    decoder_embed_dim: int = 128
+    decoder_depth: int = 4
+    decoder_num_heads: int = 4
+    mlp_ratio: float = 4.0
+    norm_pix_loss: bool = True
+    mask_ratio: float = 0.75          # MAE only: mixing sets visibility through mix_ratio
+    mix_ratio: float = 0.25           # r: share of positions one image fills; G = 1/r images per group
+    mix_mode: str = "compose"         # compose | full
+    seg_embed: str | None = None      # encoder | decoder | none; None = 'encoder' for mixedae
+    topk: int | None = None           # keys kept per patch query; None = rN + 1 (own patches + [CLS])
+    homologous_layers: tuple[int, ...] | None = None  # encoder blocks with TopK attention; None = all
+    hc_weight: float = 0.1
+    hc_temperature: float = 0.1
+    hc_proj_dim: int = 128
+
+    def __post_init__(self):
+        if self.homologous_layers is not None:
+            self.homologous_layers = tuple(int(i) for i in self.homologous_layers)
+        self.validate()
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def mixes(self) -> bool:
+        return self.method in ("naive", "mixedae")
+
+    @property
+    def group_size(self) -> int:
+        """G: images per mixing group (1 for MAE)."""
+        return round(1 / self.mix_ratio) if self.mixes else 1
+
+    @property
+    def resolved_seg_embed(self) -> str:
+        if self.seg_embed is not None:
+            return self.seg_embed
+        return "encoder" if self.method == "mixedae" else "none"
+
+    @property
+    def resolved_topk(self) -> int | None:
+        if self.method != "mixedae":
+            return None
+        return self.topk if self.topk is not None else self.num_patches // self.group_size + 1
+
+    @property
+    def resolved_homologous_layers(self) -> tuple[int, ...]:
+        if self.method != "mixedae":
+            return ()
+        return self.homologous_layers if self.homologous_layers is not None else tuple(range(self.depth))
+
+    def validate(self):
+        def bad(msg):
+            raise ValueError(f"ModelConfig: {msg}")
+
+        if self.method not in METHODS:
+            bad(f"method must be one of {METHODS}, got {self.method!r}")
+        if self.img_size % self.patch_size:
+            bad(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+        if self.embed_dim % self.num_heads or self.decoder_embed_dim % self.decoder_num_heads:
+            bad("embed_dim must be divisible by num_heads and decoder_embed_dim by decoder_num_heads")
+        if self.embed_dim % 4 or self.decoder_embed_dim % 4:
+            bad("embed_dim and decoder_embed_dim must be multiples of 4 (2-D sin-cos position embedding)")
+        if not 0 <= self.mask_ratio < 1:
+            bad(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.mix_mode not in ("compose", "full"):
+            bad(f"mix_mode must be 'compose' or 'full', got {self.mix_mode!r}")
+        if self.seg_embed not in (None, "encoder", "decoder", "none"):
+            bad(f"seg_embed must be 'encoder', 'decoder' or 'none', got {self.seg_embed!r}")
+        if self.method != "mixedae":
+            for name in ("topk", "homologous_layers"):
+                if getattr(self, name) is not None:
+                    bad(f"{name} is a MixedAE switch; use method='mixedae' or leave {name}=None")
+            if self.seg_embed not in (None, "none"):
+                bad(f"seg_embed is a MixedAE switch; use method='mixedae' or leave seg_embed=None")
+        if self.method == "mae" and self.mix_mode != "compose":
+            bad("mix_mode is a mixing switch; method='mae' does not mix")
+        if not self.mixes:
+            return
+        G = round(1 / self.mix_ratio) if self.mix_ratio > 0 else 0
+        if G < 2 or abs(G * self.mix_ratio - 1) > 1e-9:
+            bad(f"mix_ratio must be 1/G for an integer G >= 2 (0.5, 0.25, ...), got {self.mix_ratio}")
+        if self.num_patches % G:
+            bad(f"{self.num_patches} patches cannot be split among G = {G} images; "
+                f"choose img_size/patch_size so that (img_size/patch_size)^2 is divisible by {G}")
+        tokens = self.num_patches + 1
+        if self.topk is not None and not 1 <= self.topk <= tokens:
+            bad(f"topk must be in [1, {tokens}] (tokens incl. [CLS]), got {self.topk}")
+        for i in self.homologous_layers or ():
+            if not 0 <= i < self.depth:
+                bad(f"homologous_layers must index encoder blocks 0..{self.depth - 1}, got {i}")
+        if self.hc_temperature <= 0:
+            bad(f"hc_temperature must be > 0, got {self.hc_temperature}")
+
+
+@dataclass
+class ModelOutput:
+    """What one forward pass gives an experiment. Rows of `pred`/`mask` follow the batch's image order."""
+    loss: torch.Tensor                 # loss_rec + hc_weight * loss_hc
+    loss_rec: torch.Tensor
+    loss_hc: torch.Tensor              # 0 where unused
+    pred: torch.Tensor                 # [B, N, p*p*C] one reconstruction per source image
+    mask: torch.Tensor                 # [B, N] 1 = hidden from that image (reconstructed), 0 = visible
+    src: torch.Tensor                  # [E, N] source slot of each position of each encoded sequence;
+                                       # for MAE: 0 where visible, -1 where masked
+    seq_of_image: torch.Tensor         # [B] encoded sequence that reconstructs each image
+    loss_per_image: torch.Tensor       # [B] reconstruction loss over each image's hidden patches
+    ids_restore: torch.Tensor | None = None  # MAE only, as the official code
+    topk_acc: torch.Tensor | None = None     # [len(homologous_layers)] on request (diagnostics=True)
+    attentions: list[torch.Tensor] | None = field(default=None, repr=False)  # per block [E, H, T, T]
+
+
+def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
+    """MAE's fixed 2-D sin-cos table with a zero [CLS] row: [1 + grid^2, D].
+
+    First D/2 channels encode the column index, the last D/2 the row index, each as [sin, cos].
+    Computed in numpy in float64 as the official code (np.float), then cast: bit-identical to it.
+    """
+    def one_dim(dim, pos):
+        omega = np.arange(dim // 2, dtype=np.float64)
+        omega /= dim / 2.0
+        omega = 1.0 / 10000 ** omega
+        out = np.einsum("m,d->md", pos.reshape(-1), omega)
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    grid = np.meshgrid(np.arange(grid_size, dtype=np.float32), np.arange(grid_size, dtype=np.float32))
+    emb = np.concatenate([one_dim(embed_dim // 2, grid[0]), one_dim(embed_dim // 2, grid[1])], axis=1)
+    emb = np.concatenate([np.zeros([1, embed_dim]), emb], axis=0)
+    return torch.from_numpy(emb).float()
+
+
+class HomologousAttention(Attention):
+    """timm `Attention` whose patch queries keep only their `topk` largest logits (homologous TopK).
+
+    Parameter-free: the parameters are timm's (`qkv`, `proj`), so the weights load into a stock ViT.
+    `topk=None` is global attention (timm's own code path). The [CLS] query (token 0) always attends
+    globally. With `record=True` the forward keeps the attention probabilities (`last_attention`,
+    [B, H, T, T]) and the kept keys (`last_selection`, [B, H, T-1, T], patch queries only).
+    The model sets `topk` and `record` before every encoder pass.
+    """
+    topk: int | None = None
+    record: bool = False
+    last_attention: torch.Tensor | None = None
+    last_selection: torch.Tensor | None = None
+
+    def forward(self, x, attn_mask=None, is_causal=False):
+        if self.topk is None and not self.record:
+            return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        B, T, _ = x.shape
+        qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        q, k = self.q_norm(q), self.k_norm(k)
+        keep = selection = None
+        if self.topk is not None and self.topk < T:
+            # The selection is discrete (no gradient flows through it): find it without autograd, then
+            # run the attention itself in the fused kernel under a boolean mask.
+            with torch.no_grad():
+                patch_logits = (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1)
+                kept = patch_logits.topk(self.topk, dim=-1, sorted=False).indices
+                selection = torch.zeros_like(patch_logits, dtype=torch.bool).scatter_(-1, kept, True)
+                keep = torch.cat([torch.ones_like(selection[:, :, :1]), selection], dim=2)  # [CLS] row: global
+        if self.record:
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            if keep is not None:
+                logits = logits.masked_fill(~keep, float("-inf"))
+            self.last_attention = logits.softmax(dim=-1).detach()
+            self.last_selection = selection
+        x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                           dropout_p=self.attn_drop.p if self.training else 0.0)
+        x = x.transpose(1, 2).reshape(B, T, self.attn_dim)
+        return self.proj_drop(self.proj(self.norm(x)))
+
+
+def topk_accuracy(selection: torch.Tensor | None, src: torch.Tensor) -> torch.Tensor:
+    """Share of the patch keys kept by patch queries that come from the query's own image (chance ~ r).
+
+    selection [E, H, N, 1 + N] from `HomologousAttention` (None: K covers every token, nothing dropped).
+    """
+    same_src = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1)  # [E, 1, N, N]
+    if selection is None:
+        return same_src.float().mean()
+    kept = selection[..., 1:]
+    return (kept & same_src).sum() / kept.sum().clamp(min=1)
+
+
+class MixedAutoencoderViT(nn.Module):
+    """One ViT for `mae`, `naive` and `mixedae`; module names and init follow the official MAE."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        c = self.config = config
+        norm_layer = partial(nn.LayerNorm, eps=1e-6)
+        # Creation order matches the official MaskedAutoencoderViT, so the same seed gives the same init.
+        self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)
+        num_patches = self.patch_embed.num_patches
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
+        self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, c.embed_dim), requires_grad=False)
+        self.blocks = nn.ModuleList([
+            Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
+                  attn_layer=HomologousAttention)
+            for _ in range(c.depth)])
+        self.norm = norm_layer(c.embed_dim)
+
+        self.decoder_embed = nn.Linear(c.embed_dim, c.decoder_embed_dim, bias=True)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, c.decoder_embed_dim))
+        self.decoder_pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, c.decoder_embed_dim),
+                                              requires_grad=False)
+        self.decoder_blocks = nn.ModuleList([
+            Block(c.decoder_embed_dim, c.decoder_num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
+            for _ in range(c.decoder_depth)])
+        self.decoder_norm = norm_layer(c.decoder_embed_dim)
+        self.decoder_pred = nn.Linear(c.decoder_embed_dim, c.patch_size ** 2 * c.in_chans, bias=True)
+
+        # MixedAE-only modules come last so that MAE's init is untouched by them.
+        seg = c.resolved_seg_embed
+        self.seg_embed = None
+        if seg != "none":
+            dim = c.embed_dim if seg == "encoder" else c.decoder_embed_dim
+            self.seg_embed = nn.Parameter(torch.zeros(c.group_size, dim))
+        self.hc_head = None
+        if c.method == "mixedae":
+            self.hc_head = nn.Sequential(nn.Linear(c.embed_dim, c.embed_dim), nn.GELU(),
+                                         nn.Linear(c.embed_dim, c.hc_proj_dim))
+        self.initialize_weights()
+
+    # ------------------------------------------------------------------ init (official MAE)
+    def initialize_weights(self):
+        grid = int(self.patch_embed.num_patches ** 0.5)
+        self.pos_embed.data.copy_(get_2d_sincos_pos_embed(self.pos_embed.shape[-1], grid).unsqueeze(0))
+        self.decoder_pos_embed.data.copy_(
+            get_2d_sincos_pos_embed(self.decoder_pos_embed.shape[-1], grid).unsqueeze(0))
+        w = self.patch_embed.proj.weight.data
+        nn.init.xavier_uniform_(w.view([w.shape[0], -1]))  # like nn.Linear, as MAE
+        nn.init.normal_(self.cls_token, std=0.02)
+        nn.init.normal_(self.mask_token, std=0.02)
+        if self.seg_embed is not None:
+            nn.init.normal_(self.seg_embed, std=0.02)
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.constant_(m.bias, 0)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.constant_(m.bias, 0)
+            nn.init.constant_(m.weight, 1.0)
+
+    # ------------------------------------------------------------------ pieces
+    def patchify(self, imgs):
+        return patchify(imgs, self.config.patch_size)
+
+    def random_masking(self, x, mask_ratio, noise=None):
+        """MAE's per-sample random masking by argsort of uniform noise [B, N]."""
+        N, L, D = x.shape
+        len_keep = int(L * (1 - mask_ratio))
+        if noise is None:
+            noise = torch.rand(N, L, device=x.device)
+        elif noise.shape != (N, L):
+            raise ValueError(f"masking noise must have shape {(N, L)} (batch, patches), got {tuple(noise.shape)}")
+        ids_shuffle = torch.argsort(noise, dim=1)
+        ids_restore = torch.argsort(ids_shuffle, dim=1)
+        ids_keep = ids_shuffle[:, :len_keep]
+        x_masked = torch.gather(x, dim=1, index=ids_keep.unsqueeze(-1).repeat(1, 1, D))
+        mask = torch.ones([N, L], device=x.device)
+        mask[:, :len_keep] = 0
+        mask = torch.gather(mask, dim=1, index=ids_restore)
+        return x_masked, mask, ids_restore
+
+    def encode(self, x, topk=None, record=False):
+        """Run the encoder blocks on [E, T, D] tokens ([CLS] first); TopK in the homologous layers."""
+        homologous = self.config.resolved_homologous_layers
+        for i, blk in enumerate(self.blocks):
+            blk.attn.topk = topk if i in homologous else None
+            blk.attn.record = record
+            x = blk(x)
+        return self.norm(x)
+
+    def _take_records(self):
+        """(attention probs, TopK selections) recorded by the last `encode(record=True)`, per block."""
+        attentions, selections = [], []
+        for blk in self.blocks:
+            attentions.append(blk.attn.last_attention)
+            selections.append(blk.attn.last_selection)
+            blk.attn.record = False
+            blk.attn.last_attention = blk.attn.last_selection = None
+        return attentions, selections
+
+    def decode(self, x):
+        """Decoder on full-length [B, 1 + N, Dd] sequences; returns [B, N, p*p*C]."""
+        x = x + self.decoder_pos_embed
+        for blk in self.decoder_blocks:
+            x = blk(x)
+        return self.decoder_pred(self.decoder_norm(x))[:, 1:, :]
+
+    def _cls(self, n):
+        return (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
+
+    def forward_features(self, imgs, return_attention=False):
+        """Single unmixed images, no masking, global attention: what a stock timm ViT computes.
+
+        Returns normalised tokens [B, 1 + N, D] (and the attention of every block if asked).
+        """
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        x = self.encode(torch.cat([self._cls(x.shape[0]), x], dim=1), topk=None, record=return_attention)
+        if return_attention:
+            return x, self._take_records()[0]
+        return x
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, imgs, mask_ratio=None, noise=None, diagnostics=False, return_attention=False) -> ModelOutput:
+        """One pre-training step's forward. `noise` replaces the random draw: MAE's masking noise [B, N],
+        or the mixing partition noise [B/G, N]. `diagnostics` adds TopK accuracy per homologous layer;
+        `return_attention` the attention probabilities of every encoder block."""
+        c = self.config
+        B = imgs.shape[0]
+        if imgs.ndim != 4 or imgs.shape[1:] != (c.in_chans, c.img_size, c.img_size):
+            raise ValueError(f"expected images [B, {c.in_chans}, {c.img_size}, {c.img_size}], "
+                             f"got {tuple(imgs.shape)}")
+        record = diagnostics or return_attention
+        x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
+        target = self.patchify(imgs)
+        if c.norm_pix_loss:
+            target = normalize_patches(target)
+
+        if not c.mixes:
+            x, mask, ids_restore = self.random_masking(x, c.mask_ratio if mask_ratio is None else mask_ratio, noise)
+            latent = self.encode(torch.cat([self._cls(B), x], dim=1), record=record)
+            y = self.decoder_embed(latent)
+            mask_tokens = self.mask_token.repeat(B, ids_restore.shape[1] + 1 - y.shape[1], 1)
+            y_ = torch.cat([y[:, 1:, :], mask_tokens], dim=1)
+            y_ = torch.gather(y_, dim=1, index=ids_restore.unsqueeze(-1).repeat(1, 1, y.shape[2]))
+            pred = self.decode(torch.cat([y[:, :1, :], y_], dim=1))
+            loss, loss_per_image = reconstruction_loss(pred, target, mask)
+            src = (mask.long() * -1)  # 0 visible, -1 masked: one image per sequence
+            return ModelOutput(loss=loss, loss_rec=loss, loss_hc=torch.zeros((), device=imgs.device),
+                               pred=pred, mask=mask, src=src, seq_of_image=torch.arange(B, device=imgs.device),
+                               loss_per_image=loss_per_image, ids_restore=ids_restore,
+                               attentions=self._take_records()[0] if record else None)
+
+        G = c.group_size
+        if B % G:
+            raise ValueError(f"batch size {B} must be divisible by the group size G = 1/mix_ratio = {G}")
+        if mask_ratio is not None:
+            raise ValueError("mask_ratio applies to method='mae' only; mixing sets visibility through mix_ratio")
+        sets = draw_partition(B // G, x.shape[1], G, noise, device=x.device)
+        mixed, src, seq_of_image = mix_tokens(x, sets, c.mix_mode)
+        seg = c.resolved_seg_embed
+        if seg == "encoder":
+            mixed = mixed + self.seg_embed[src]
+        latent = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1), c.resolved_topk, record)
+
+        # Unmix: image b's decoder sequence holds its own encoded tokens and mask tokens elsewhere;
+        # it never receives another image's patch tokens.
+        y = self.decoder_embed(latent)[seq_of_image]
+        slot = torch.arange(B, device=imgs.device) % G
+        visible = src[seq_of_image] == slot.unsqueeze(1)
+        tokens = torch.where(visible.unsqueeze(-1), y[:, 1:], self.mask_token.to(y.dtype))
+        if seg == "decoder":
+            tokens = tokens + visible.unsqueeze(-1) * self.seg_embed[slot].unsqueeze(1)
+        pred = self.decode(torch.cat([y[:, :1], tokens], dim=1))
+        mask = (~visible).to(pred.dtype)
+        loss_rec, loss_per_image = reconstruction_loss(pred, target, mask)
+
+        loss_hc = torch.zeros((), device=imgs.device)
+        if self.hc_head is not None:
+            z = F.normalize(self.hc_head(latent[:, 1:]), dim=-1)
+            loss_hc = homologous_contrastive_loss(z, src, c.hc_temperature)
+        loss = loss_rec + c.hc_weight * loss_hc if self.hc_head is not None else loss_rec
+
+        attentions, selections = self._take_records() if record else (None, None)
+        topk_acc = None
+        if diagnostics and c.resolved_homologous_layers:
+            topk_acc = torch.stack([topk_accuracy(selections[i], src) for i in c.resolved_homologous_layers])
+        return ModelOutput(loss=loss, loss_rec=loss_rec, loss_hc=loss_hc, pred=pred, mask=mask, src=src,
+                           seq_of_image=seq_of_image, loss_per_image=loss_per_image, topk_acc=topk_acc,
+                           attentions=attentions if return_attention else None)
+
+
+class MaskedAutoencoderViT(MixedAutoencoderViT):
+    """`method='mae'` behind the official constructor and `(loss, pred, mask)` return, for code and
+    checkpoints written for facebookresearch/mae."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=1024, depth=24, num_heads=16,
+                 decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16, mlp_ratio=4.0,
+                 norm_pix_loss=False):
+        super().__init__(ModelConfig(
+            method="mae", img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+            depth=depth, num_heads=num_heads, decoder_embed_dim=decoder_embed_dim, decoder_depth=decoder_depth,
+            decoder_num_heads=decoder_num_heads, mlp_ratio=mlp_ratio, norm_pix_loss=norm_pix_loss))
+
+    def forward(self, imgs, mask_ratio=0.75, noise=None):
+        out = super().forward(imgs, mask_ratio=mask_ratio, noise=noise)
+        return out.loss, out.pred, out.mask
+
+
+def build_mae(**kwargs) -> MaskedAutoencoderViT:
+    """The official MAE constructor's keyword names (img_size, patch_size, ..., norm_pix_loss)."""
+    return MaskedAutoencoderViT(**kwargs)
+
+
+def build_model(config: ModelConfig) -> MixedAutoencoderViT:
+    return MixedAutoencoderViT(config)
+
+
+ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")
+
+
+def encoder_state_dict(model: MixedAutoencoderViT) -> dict:
+    """The encoder's weights under timm `VisionTransformer` names (they are the same names)."""
+    return {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
+
+
+def timm_encoder(model: MixedAutoencoderViT) -> VisionTransformer:
+    """A stock timm ViT (global attention, [CLS] pooling, no head) holding the model's encoder."""
+    c = model.config
+    vit = VisionTransformer(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans,
+                            embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+                            qkv_bias=True, num_classes=0, global_pool="token")
+    vit.load_state_dict(encoder_state_dict(model), strict=True)
+    return vit.to(next(model.parameters()).device)

@@ -1,0 +1,328 @@
+"""MAE + naive mixing and MixedAE: mixing, unmixing, homologous attention, the losses (METHOD.md)."""
+import dataclasses
+
+import pytest
+import timm
+import torch
+import torch.nn.functional as F
+from timm.models.vision_transformer import Attention
+
+from mixedae_core import ModelConfig, build_model, encoder_state_dict
+from mixedae_core.evaluate import cross_image_reliance
+from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
+from mixedae_core.mixing import draw_partition, mix_tokens
+from mixedae_core.model import HomologousAttention
+
+TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
+            decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # N = 16 positions
+
+
+def tiny(method="mixedae", **kw):
+    return ModelConfig(method=method, **{**TINY, **kw})
+
+
+def images(n, seed=0, size=16):
+    return torch.randn(n, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+def labelled_tokens(B, N):
+    """tokens[b, n] = (b, n): after mixing, each token says which image and position it came from."""
+    b, n = torch.meshgrid(torch.arange(B), torch.arange(N), indexing="ij")
+    return torch.stack([b, n], dim=-1).float()
+
+
+# ---------------------------------------------------------------- mixing
+@pytest.mark.parametrize("G", [2, 4])
+def test_compose_every_position_one_source_each_image_rN_positions(G):
+    B, N = 4 * G, 16
+    torch.manual_seed(0)
+    sets = draw_partition(B // G, N, G)
+    mixed, src, seq_of_image = mix_tokens(labelled_tokens(B, N), sets, "compose")
+    assert mixed.shape == (B // G, N, 2) and src.shape == (B // G, N)
+    assert torch.equal(mixed[..., 1], torch.arange(N).float().expand(B // G, N))  # positions are kept
+    image = torch.arange(B // G).unsqueeze(1) * G + src
+    assert torch.equal(mixed[..., 0], image.float())  # the token at p is image src[p]'s own patch p
+    for row in src:
+        assert torch.equal(torch.bincount(row, minlength=G), torch.full((G,), N // G))
+    assert torch.equal(seq_of_image, torch.arange(B) // G)
+
+
+def test_full_mode_every_patch_visible_exactly_once_per_group():
+    G, B, N = 4, 8, 16
+    torch.manual_seed(1)
+    mixed, src, seq_of_image = mix_tokens(labelled_tokens(B, N), draw_partition(B // G, N, G), "full")
+    assert mixed.shape == (B, N, 2) and torch.equal(seq_of_image, torch.arange(B))
+    for group in range(B // G):
+        seen = mixed[group * G:(group + 1) * G].reshape(-1, 2)
+        pairs = {(int(b), int(n)) for b, n in seen}
+        assert len(pairs) == G * N == seen.shape[0]  # no repeat, nothing missing
+        assert {b for b, _ in pairs} == set(range(group * G, (group + 1) * G))
+    for j in range(B):  # sequence j contains rN patches of its own image j
+        assert (src[j] == j % G).sum() == N // G
+
+
+def test_groups_get_different_partitions_and_seed_fixes_them():
+    torch.manual_seed(0)
+    a = draw_partition(8, 64, 4)
+    assert all(not torch.equal(a[0], a[i]) for i in range(1, 8))
+    torch.manual_seed(0)
+    assert torch.equal(a, draw_partition(8, 64, 4))
+    model = build_model(tiny("naive"))
+    x = images(8)
+    torch.manual_seed(3)
+    out1 = model(x)
+    torch.manual_seed(3)
+    out2 = model(x)
+    assert torch.equal(out1.src, out2.src) and torch.equal(out1.loss, out2.loss)
+
+
+def test_partition_noise_must_have_group_shape():
+    with pytest.raises(ValueError, match="shape"):
+        draw_partition(2, 16, 4, noise=torch.rand(3, 16))
+
+
+# ---------------------------------------------------------------- homologous attention
+def attention_pair(dim=32, heads=2):
+    torch.manual_seed(0)
+    ref = Attention(dim, heads, qkv_bias=True).eval()
+    hom = HomologousAttention(dim, heads, qkv_bias=True).eval()
+    hom.load_state_dict(ref.state_dict(), strict=True)  # same parameters, same names
+    return ref, hom
+
+
+def test_topk_with_all_tokens_equals_timm_attention():
+    ref, hom = attention_pair()
+    x = torch.randn(3, 17, 32)
+    hom.topk = 17
+    torch.testing.assert_close(hom(x), ref(x), rtol=0, atol=1e-6)
+    hom.topk = None
+    torch.testing.assert_close(hom(x), ref(x), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("K", [1, 5, 9])
+def test_each_patch_query_keeps_exactly_k_keys_and_cls_is_global(K):
+    _, hom = attention_pair()
+    hom.topk, hom.record = K, True
+    hom(torch.randn(2, 17, 32))
+    attn = hom.last_attention
+    assert torch.equal((attn[:, :, 1:] > 0).sum(-1), torch.full((2, 2, 16), K))
+    assert torch.equal(hom.last_selection.sum(-1), torch.full((2, 2, 16), K))
+    assert (attn[:, :, 0] > 0).all()  # [CLS] query sees every token
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 2, 17))
+
+
+def test_topk_keeps_the_largest_logits():
+    _, hom = attention_pair()
+    hom.topk, hom.record = 4, True
+    x = torch.randn(1, 17, 32)
+    hom(x)
+    hom.topk = None
+    hom(x)
+    global_attn = hom.last_attention  # softmax is monotone: the K largest logits = the K largest probs
+    selection = torch.zeros_like(global_attn[:, :, 1:], dtype=torch.bool)
+    selection.scatter_(-1, global_attn[:, :, 1:].topk(4, dim=-1).indices, True)
+    hom.topk = 4
+    hom(x)
+    assert torch.equal(hom.last_selection, selection)
+
+
+# ---------------------------------------------------------------- unmixing and decoder
+def test_decoder_never_sees_another_images_tokens():
+    """With an identity encoder (depth 0) image g's prediction depends on image g alone."""
+    model = build_model(tiny("naive", depth=0)).eval()
+    x = images(8)
+    noise = torch.rand(2, 16)
+    y = x.clone()
+    y[1] = torch.randn(3, 16, 16)  # image 1 shares group 0 with images 0, 2, 3
+    with torch.no_grad():
+        a, b = model(x, noise=noise), model(y, noise=noise)
+    torch.testing.assert_close(a.pred[[0, 2, 3]], b.pred[[0, 2, 3]], rtol=0, atol=0)
+    assert not torch.allclose(a.pred[1], b.pred[1])
+    # Control: with a real (global-attention) encoder the neighbours do leak in; the check above can fail.
+    leaky = build_model(tiny("naive")).eval()
+    with torch.no_grad():
+        assert not torch.allclose(leaky(x, noise=noise).pred[0], leaky(y, noise=noise).pred[0])
+
+
+@pytest.mark.parametrize("method,mode", [("mae", "compose"), ("naive", "compose"), ("naive", "full"),
+                                         ("mixedae", "compose"), ("mixedae", "full")])
+def test_output_one_reconstruction_per_image(method, mode):
+    model = build_model(tiny(method, mix_mode=mode))
+    out = model(images(8))
+    N = 16
+    assert out.pred.shape == (8, N, 4 * 4 * 3) and out.mask.shape == (8, N)
+    assert torch.equal(out.mask.sum(1), torch.full((8,), float(N - N // 4)))  # 75 % hidden in every method
+    rows = {"mae": 8, "compose": 2, "full": 8}["mae" if method == "mae" else mode]
+    assert out.src.shape == (rows, N)
+    if method != "mae":  # visible positions of image b are exactly its slot's positions in its sequence
+        visible = out.src[out.seq_of_image] == (torch.arange(8) % 4).unsqueeze(1)
+        assert torch.equal(out.mask, (~visible).float())
+
+
+# ---------------------------------------------------------------- losses
+def test_reconstruction_loss_is_maes_formula_and_ignores_visible_positions():
+    target = torch.zeros(2, 4, 3)
+    target[0, 1] = 2.0  # hidden: squared error 4 per pixel
+    target[1, 3] = 1.0  # hidden: squared error 1
+    target[0, 0] = 100.0  # visible: must not count
+    mask = torch.tensor([[0.0, 1, 1, 0], [1, 0, 0, 1]])
+    loss, per_image = reconstruction_loss(torch.zeros(2, 4, 3), target, mask)
+    assert loss.item() == pytest.approx((4 + 0 + 0 + 1) / 4)
+    torch.testing.assert_close(per_image, torch.tensor([2.0, 0.5]))
+
+
+def test_model_loss_uses_hidden_positions_only():
+    model = build_model(tiny("naive", norm_pix_loss=False)).eval()
+    x = images(4)
+    noise = torch.rand(1, 16)
+    with torch.no_grad():
+        out = model(x, noise=noise)
+        from mixedae_core.losses import patchify
+        target = patchify(x, 4)
+        hidden = out.mask.bool()
+        expected = ((out.pred - target) ** 2).mean(-1)[hidden].mean()
+    torch.testing.assert_close(out.loss_rec, expected)
+
+
+def supcon_reference(z, src, temperature):
+    """Loop-based SupCon (Khosla et al., L_out) within each sequence."""
+    losses = []
+    for e in range(z.shape[0]):
+        for i in range(z.shape[1]):
+            others = [a for a in range(z.shape[1]) if a != i]
+            positives = [p for p in others if src[e, p] == src[e, i]]
+            denominator = torch.logsumexp(torch.stack([z[e, i] @ z[e, a] / temperature for a in others]), 0)
+            losses.append(-sum(z[e, i] @ z[e, p] / temperature - denominator for p in positives) / len(positives))
+    return torch.stack(losses).mean()
+
+
+def test_supcon_matches_loop_reference():
+    torch.manual_seed(0)
+    z = F.normalize(torch.randn(3, 8, 5), dim=-1)
+    src = torch.stack([torch.randperm(8) % 4 for _ in range(3)])
+    torch.testing.assert_close(homologous_contrastive_loss(z, src, 0.1), supcon_reference(z, src, 0.1))
+    torch.testing.assert_close(homologous_contrastive_loss(z, src, 0.5), supcon_reference(z, src, 0.5))
+
+
+def test_mixedae_total_loss_is_rec_plus_weighted_hc():
+    model = build_model(tiny("mixedae", hc_weight=0.3))
+    out = model(images(8))
+    assert out.loss_hc > 0
+    torch.testing.assert_close(out.loss, out.loss_rec + 0.3 * out.loss_hc)
+    assert build_model(tiny("naive"))(images(8)).loss_hc == 0
+
+
+# ---------------------------------------------------------------- parameters, export, diagnostics
+@pytest.mark.parametrize("cfg", [dict(method="mae"), dict(method="naive"), dict(method="naive", mix_mode="full"),
+                                 dict(method="mixedae"), dict(method="mixedae", mix_mode="full"),
+                                 dict(method="mixedae", seg_embed="decoder"), dict(method="mixedae", seg_embed="none"),
+                                 dict(method="mixedae", homologous_layers=(1,), topk=3)])
+def test_every_trainable_parameter_gets_a_gradient(cfg):
+    model = build_model(tiny(**cfg))
+    model(images(8)).loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and (p.grad is None or not p.grad.any())]
+    assert not missing
+
+
+def test_module_sets_per_method():
+    names = lambda m: set(dict(build_model(tiny(m)).named_parameters()))
+    mae, naive, mixedae = names("mae"), names("naive"), names("mixedae")
+    assert mae == naive  # mixing adds no parameter
+    assert mixedae - mae == {"seg_embed", "hc_head.0.weight", "hc_head.0.bias", "hc_head.2.weight", "hc_head.2.bias"}
+
+
+def test_weights_move_between_methods():
+    mixedae = build_model(tiny("mixedae"))
+    mae = build_model(tiny("mae"))
+    missing, unexpected = mae.load_state_dict(mixedae.state_dict(), strict=False)
+    assert not missing and set(unexpected) == {k for k in mixedae.state_dict() if k.startswith(("seg_embed", "hc_head"))}
+
+
+def test_mixedae_encoder_loads_into_timm_vit_with_identical_features():
+    model = build_model(tiny("mixedae")).eval()
+    c = model.config
+    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=c.img_size, patch_size=c.patch_size,
+                            in_chans=c.in_chans, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
+                            num_classes=0).eval()
+    vit.load_state_dict(encoder_state_dict(model), strict=True)
+    x = images(4)
+    with torch.no_grad():
+        torch.testing.assert_close(vit.forward_features(x), model.forward_features(x), rtol=0, atol=1e-6)
+
+
+def test_topk_accuracy_diagnostic():
+    model = build_model(tiny("mixedae")).eval()
+    with torch.no_grad():
+        out = model(images(8), diagnostics=True)
+    assert out.topk_acc.shape == (2,) and ((0 <= out.topk_acc) & (out.topk_acc <= 1)).all()
+    # K = all tokens keeps every key: the accuracy is the share of same-source patch pairs, 4*4*4/16^2.
+    everything = build_model(tiny("mixedae", topk=17)).eval()
+    with torch.no_grad():
+        out = everything(images(8), diagnostics=True)
+    torch.testing.assert_close(out.topk_acc, torch.full((2,), 0.25))
+
+
+def test_attention_maps_for_mixed_sequences_and_single_images():
+    model = build_model(tiny("mixedae")).eval()
+    with torch.no_grad():
+        out = model(images(8), return_attention=True)
+        feats, single = model.forward_features(images(3), return_attention=True)
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 17, 17)
+    assert ((out.attentions[0][:, :, 1:] > 0).sum(-1) == 5).all()  # TopK: rN + 1 = 5 keys per patch query
+    assert len(single) == 2 and single[0].shape == (3, 2, 17, 17) and (single[0] > 0).all()  # global
+    assert feats.shape == (3, 17, 32)
+    assert all(blk.attn.last_attention is None for blk in model.blocks)  # nothing kept between calls
+
+
+def test_cross_image_reliance():
+    torch.manual_seed(0)
+    x, unrelated = images(8, seed=1), images(8, seed=2)
+    assert torch.equal(cross_image_reliance(build_model(tiny("mae")).eval(), x, unrelated), torch.zeros(8))
+    # no attention between tokens -> the neighbours cannot matter
+    identity = build_model(tiny("naive", depth=0)).eval()
+    assert cross_image_reliance(identity, x, unrelated).abs().max() < 1e-6
+    assert cross_image_reliance(build_model(tiny("naive")).eval(), x, unrelated).abs().max() > 1e-4
+
+
+# ---------------------------------------------------------------- configuration errors
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(method="mixed"), "method"),
+    (dict(method="mixedae", mix_ratio=0.3), "mix_ratio"),
+    (dict(method="naive", mix_ratio=1.0), "mix_ratio"),
+    (dict(method="naive", mix_ratio=1 / 3), "divisible"),        # 16 positions, G = 3
+    (dict(method="mixedae", topk=0), "topk"),
+    (dict(method="mixedae", topk=18), "topk"),
+    (dict(method="mae", topk=5), "MixedAE switch"),
+    (dict(method="naive", seg_embed="encoder"), "MixedAE switch"),
+    (dict(method="mae", mix_mode="full"), "does not mix"),
+    (dict(method="mixedae", mix_mode="half"), "mix_mode"),
+    (dict(method="mixedae", seg_embed="both"), "seg_embed"),
+    (dict(method="mixedae", homologous_layers=(2,)), "homologous_layers"),
+    (dict(method="mae", img_size=18), "multiple"),
+])
+def test_bad_config_raises_with_what_to_change(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        tiny(**kwargs)
+
+
+def test_batch_not_divisible_by_group_raises():
+    with pytest.raises(ValueError, match="divisible"):
+        build_model(tiny("naive"))(images(6))
+    with pytest.raises(ValueError, match="expected images"):
+        build_model(tiny("naive"))(images(4, size=32))
+
+
+def test_config_replace_revalidates():
+    cfg = tiny("mixedae", topk=5)
+    with pytest.raises(ValueError):
+        dataclasses.replace(cfg, method="mae")
+
+
+def test_topk_only_in_homologous_layers():
+    model = build_model(tiny("mixedae", homologous_layers=(1,), topk=3)).eval()
+    with torch.no_grad():
+        out = model(images(8), return_attention=True, diagnostics=True)
+    first, second = out.attentions
+    assert (first > 0).all()  # global
+    assert ((second[:, :, 1:] > 0).sum(-1) == 3).all()
+    assert out.topk_acc.shape == (1,)
