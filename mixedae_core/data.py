@@ -1,0 +1,237 @@
+"""Datasets, on-device augmentation and batch order.
+
+Small datasets (Fashion-MNIST, CIFAR, STL-10, generated) are held on the device as uint8 tensors and
+augmented there in one batched op (airbench style: no per-image Python on the hot path). Folders of
+images (ImageNet, Imagenette, ...) stream through DataLoader workers with torchvision transforms.
+Every random draw takes an explicit generator, so a run is a pure function of (seed, step): resumed
+and multi-process runs see exactly the batches a single uninterrupted run sees.
+"""
+import gzip
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import ImageFolder
+
+FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                       "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "data/FashionMNIST/raw", "data/fashion-mnist")
+NORMALIZATION = {  # per-channel mean and std of the training images
+    "fashion-mnist": ((0.2860,), (0.3530,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+    "stl10": ((0.4467, 0.4398, 0.4066), (0.2603, 0.2566, 0.2713)),
+    "synthetic": ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+    "imagefolder": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),  # ImageNet's, as MAE
+}
+
+
+class DatasetError(RuntimeError):
+    """A dataset is missing or unreadable; the message says which file and how to fix it."""
+
+
+@dataclass
+class TensorDataset:
+    """Images [n, C, H, W] uint8 and labels [n] int64, both on one device."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    name: str
+    num_classes: int
+
+    def __len__(self):
+        return len(self.labels)
+
+    def to(self, device):
+        return TensorDataset(self.images.to(device), self.labels.to(device), self.name, self.num_classes)
+
+    def subset(self, n: int | None):
+        if n is None or n >= len(self):
+            return self
+        return TensorDataset(self.images[:n], self.labels[:n], self.name, self.num_classes)
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("MIXEDAE_DATA", "data"))
+
+
+# ---------------------------------------------------------------------------------- loaders
+def _read_idx(path: Path) -> np.ndarray:
+    try:
+        with gzip.open(path, "rb") as f:
+            raw = f.read()
+    except (OSError, EOFError) as err:
+        raise DatasetError(f"cannot read {path}: {err}. The file is damaged: delete it and run `make data`.") from err
+    dims = raw[3]
+    shape = tuple(int.from_bytes(raw[4 + 4 * i:8 + 4 * i], "big") for i in range(dims))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * dims)
+    if data.size != int(np.prod(shape)):
+        raise DatasetError(f"{path} is truncated ({data.size} of {int(np.prod(shape))} values): "
+                           "delete it and run `make data`.")
+    return data.reshape(shape)
+
+
+def find_fashion_mnist() -> Path:
+    candidates = [Path(os.environ["FASHION_MNIST_DIR"])] if "FASHION_MNIST_DIR" in os.environ else []
+    candidates += [Path(d) for d in FASHION_MNIST_DIRS] + [data_root() / "FashionMNIST" / "raw"]
+    for d in candidates:
+        if all((d / f).exists() for files in FASHION_MNIST_FILES.values() for f in files):
+            return d
+    raise DatasetError("Fashion-MNIST not found (looked in " + ", ".join(map(str, candidates)) + "). "
+                       "Run `make data` (installs Debian's dataset-fashion-mnist), or put "
+                       + ", ".join(f for files in FASHION_MNIST_FILES.values() for f in files)
+                       + " into a folder and set FASHION_MNIST_DIR to it.")
+
+
+def load_fashion_mnist(split: str) -> TensorDataset:
+    folder = find_fashion_mnist()
+    image_file, label_file = FASHION_MNIST_FILES[split]
+    images = torch.from_numpy(_read_idx(folder / image_file).copy()).unsqueeze(1)
+    images = F.pad(images, (2, 2, 2, 2))  # 28 -> 32 px so that patch 4 gives 8 x 8 = 64 positions
+    labels = torch.from_numpy(_read_idx(folder / label_file).astype(np.int64))
+    return TensorDataset(images, labels, "fashion-mnist", 10)
+
+
+def load_torchvision(name: str, split: str, download: bool) -> TensorDataset:
+    import torchvision.datasets as tvd
+    root = data_root()
+    train = split == "train"
+    try:
+        if name in ("cifar10", "cifar100"):
+            ds = (tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100)(root, train=train, download=download)
+            images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
+        else:
+            ds = tvd.STL10(root, split="train" if train else "test", download=download)
+            images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
+    except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
+        raise DatasetError(f"{name} not found or corrupted under {root.resolve()} ({err}). "
+                           f"Download it with `--download true` (needs internet), or place torchvision's "
+                           f"{name} files there, or set MIXEDAE_DATA to the folder that holds them.") from None
+    return TensorDataset(images.contiguous(), labels.long(), name, 100 if name == "cifar100" else 10)
+
+
+def make_synthetic(n: int, img_size: int = 32, in_chans: int = 3, num_classes: int = 4, seed: int = 0) -> TensorDataset:
+    """Generated images for tests: each class is an oriented grating with its own colour, plus noise,
+    so that features can separate classes and foreground is not trivially the whole image."""
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(n) % num_classes
+    labels = labels[torch.randperm(n, generator=g)]
+    yy, xx = torch.meshgrid(torch.arange(img_size).float(), torch.arange(img_size).float(), indexing="ij")
+    angle = labels.float() * math.pi / num_classes
+    phase = torch.rand(n, generator=g) * 2 * math.pi
+    wave = torch.sin(0.6 * (xx * torch.cos(angle)[:, None, None] + yy * torch.sin(angle)[:, None, None]) + phase[:, None, None])
+    colour = 0.5 + 0.5 * torch.rand(num_classes, in_chans, generator=torch.Generator().manual_seed(seed + 1))
+    images = wave.unsqueeze(1) * colour[labels].view(n, in_chans, 1, 1)
+    images = images + 0.2 * torch.randn(n, in_chans, img_size, img_size, generator=g)
+    images = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return TensorDataset(images, labels, "synthetic", num_classes)
+
+
+def load_dataset(name: str, split: str, img_size: int = 32, in_chans: int = 3, download: bool = False,
+                 synthetic_size: int = 512, seed: int = 0) -> TensorDataset:
+    """A device-resident dataset by name: fashion-mnist, cifar10, cifar100, stl10, synthetic."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    if name == "fashion-mnist":
+        return load_fashion_mnist(split)
+    if name in ("cifar10", "cifar100", "stl10"):
+        return load_torchvision(name, split, download)
+    if name == "synthetic":
+        n = synthetic_size if split == "train" else max(synthetic_size // 4, 8)
+        return make_synthetic(n, img_size, in_chans, seed=seed if split == "train" else seed + 1000)
+    raise ValueError(f"unknown dataset {name!r}")
+
+
+def dataset_channels(name: str) -> int:
+    return len(NORMALIZATION[name.split(":")[0]][0])
+
+
+# ---------------------------------------------------------------------------------- augmentation
+def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
+    """uint8 [B, C, H, W] -> float, standardised with the dataset's channel statistics."""
+    mean, std = NORMALIZATION[name]
+    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
+    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    return (images.float() / 255 - mean) / std
+
+
+def random_resized_crop_flip(images: torch.Tensor, out_size: int, generator: torch.Generator,
+                             scale=(0.2, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """MAE's RandomResizedCrop(scale 0.2-1) + horizontal flip for a whole batch at once (float input).
+
+    One affine grid per image; the crop's area share and log aspect ratio are uniform like torchvision's.
+    Where torchvision retries out-of-bounds crops, we shrink the crop to fit (same scale law otherwise).
+    """
+    B = images.shape[0]
+    u = torch.rand(B, 4, generator=generator, device=generator.device).to(images.device)
+    area = scale[0] + (scale[1] - scale[0]) * u[:, 0]
+    log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[:, 1]
+    w = torch.sqrt(area * torch.exp(log_r)).clamp(max=1.0)  # crop width / image width
+    h = torch.sqrt(area / torch.exp(log_r)).clamp(max=1.0)
+    cx = (1 - w) * (2 * u[:, 2] - 1)  # centre in [-1, 1] grid coordinates, crop inside the image
+    cy = (1 - h) * (2 * u[:, 3] - 1)
+    flip = torch.where(torch.rand(B, generator=generator, device=generator.device).to(images.device) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(B, 2, 3, device=images.device)
+    theta[:, 0, 0], theta[:, 0, 2] = w * flip, cx
+    theta[:, 1, 1], theta[:, 1, 2] = h, cy
+    grid = F.affine_grid(theta, (B, images.shape[1], out_size, out_size), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+
+
+# ---------------------------------------------------------------------------------- batch order
+def epoch_order(labels: torch.Tensor, batch_size: int, group_size: int, group_by: str,
+                generator: torch.Generator) -> torch.Tensor:
+    """Indices of one epoch, cut to whole batches. `group_by='class'` lays the batch out as groups of
+    `group_size` consecutive images of one class (for the MI notebook); 'random' is a plain shuffle."""
+    n = len(labels)
+    if group_by == "random" or group_size == 1:
+        order = torch.randperm(n, generator=generator)
+    elif group_by == "class":
+        groups = []
+        for c in torch.unique(labels.cpu()):
+            idx = torch.nonzero(labels.cpu() == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=generator)]
+            groups.append(idx[: len(idx) // group_size * group_size].view(-1, group_size))
+        groups = torch.cat(groups)
+        order = groups[torch.randperm(len(groups), generator=generator)].flatten()
+    else:
+        raise ValueError(f"group_by must be 'random' or 'class', got {group_by!r}")
+    return order[: len(order) // batch_size * batch_size]
+
+
+# ---------------------------------------------------------------------------------- image folders
+class CheckedImageFolder(ImageFolder):
+    """torchvision ImageFolder whose unreadable files raise a `DatasetError` naming the file."""
+
+    def __init__(self, root: str, transform):
+        if not Path(root).is_dir():
+            raise DatasetError(f"image folder {root} does not exist: give imagefolder:PATH with PATH holding "
+                               "one sub-folder per class (ImageNet's train/ layout)")
+        try:
+            super().__init__(root, transform=transform)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise DatasetError(f"image folder {root} holds no images in class sub-folders ({err})") from None
+
+    def __getitem__(self, index):
+        path = self.samples[index][0]
+        try:
+            return super().__getitem__(index)
+        except Exception as err:  # PIL raises several types for a corrupt file
+            raise DatasetError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
+
+
+def imagefolder_loader(path: str, img_size: int, batch_size: int, workers: int, seed: int,
+                       rank: int = 0, world: int = 1):
+    """DataLoader over an ImageFolder with MAE's augmentation; one DistributedSampler shard per process."""
+    import torchvision.transforms as T
+    from torch.utils.data import DataLoader, DistributedSampler
+    mean, std = NORMALIZATION["imagefolder"]
+    transform = T.Compose([T.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
+                           T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
+    ds = CheckedImageFolder(path, transform)
+    sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=True,
+                      drop_last=True, persistent_workers=workers > 0)

@@ -1,0 +1,34 @@
+"""Where a number came from: code version, machine, time."""
+import datetime
+import platform
+import subprocess
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def git_commit() -> str:
+    """HEAD's short hash, with '+dirty' when tracked files differ from it; 'unknown' outside a checkout."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
+                                text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
+                               capture_output=True, text=True, check=True).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def device_name(device: torch.device | str) -> str:
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def provenance(device: torch.device | str) -> dict:
+    return {"commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+            "python": platform.python_version(), "host": platform.node(),
+            "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}

@@ -1,0 +1,256 @@
+"""The training engine: CLI, validation, resumable checkpoints, torchrun equivalence, the run cache."""
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO
+from mixedae_core.__main__ import main
+from mixedae_core.config import Config, make_config, run_key
+from mixedae_core.train import (CODE_VERSION, NonFiniteLossError, ensure_run, load_model, lr_schedule,
+                                param_groups, read_metrics, run_dir_for, train)
+from mixedae_core.model import build_model
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+
+
+def cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "mixedae_core", "pretrain", *args], cwd=REPO, env=ENV,
+                          capture_output=True, text=True, **kw)
+
+
+def weights(run_dir):
+    return torch.load(run_dir / "checkpoint.pt", weights_only=False)["model"]
+
+
+def functional(state_dict):
+    """Weights with the key part of every qkv bias zeroed. That bias adds the same logit to every key of a
+    query, so softmax ignores it: its true gradient is 0 and Adam turns float noise there into full-size
+    steps. Two runs that differ only in summation order (accumulation, processes) differ there alone."""
+    out = {}
+    for name, w in state_dict.items():
+        if name.endswith("attn.qkv.bias"):
+            w = w.clone()
+            third = w.shape[0] // 3
+            w[third:2 * third] = 0
+        out[name] = w
+    return out
+
+
+def assert_same_run(a, b, atol):
+    wa, wb = functional(weights(a)), functional(weights(b))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], rtol=0, atol=atol, msg=k)
+    ma = [m for m in read_metrics(a) if m["kind"] == "epoch"]
+    mb = [m for m in read_metrics(b) if m["kind"] == "epoch"]
+    assert len(ma) == len(mb) > 0
+    for x, y in zip(ma, mb):
+        for key in ("loss", "loss_rec", "loss_hc"):
+            assert x[key] == pytest.approx(y[key], abs=atol), key
+
+
+def assert_identical_runs(a, b):
+    """Bit for bit: same weights (key biases included), same logged losses."""
+    wa, wb = weights(a), weights(b)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    strip = lambda ms: [{k: v for k, v in m.items() if k not in ("img_per_s", "seconds")} for m in ms]
+    assert strip(read_metrics(a)) == strip(read_metrics(b))
+
+
+# ------------------------------------------------------------------------------------ CLI and validation
+def test_cli_smoke_run_leaves_checkpoint_metrics_config(tmp_path):
+    result = cli("--preset", "smoke", "--method", "mixedae", "--out", str(tmp_path / "run"), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    run = tmp_path / "run"
+    assert {"checkpoint.pt", "metrics.jsonl", "config.json", "summary.json"} <= {p.name for p in run.iterdir()}
+    config = json.loads((run / "config.json").read_text())
+    assert config["method"] == "mixedae" and config["dataset"] == "synthetic"
+    steps = [m for m in read_metrics(run) if m["kind"] == "step"]
+    assert steps and all(0 <= m["topk_acc"] <= 1 and m["img_per_s"] > 0 for m in steps)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 8
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--nonsense", "3"], "unrecognized arguments: --nonsense"),
+    (["--epochs", "three"], "--epochs takes a value of type int"),
+    (["--norm_pix_loss", "maybe"], "--norm_pix_loss takes true or false"),
+    (["--mix_ratio", "0.3"], "mix_ratio must be 1/G"),
+    (["--method", "mae", "--topk", "5"], "topk is a MixedAE switch"),
+    (["--batch_size", "18", "--method", "naive"], "batch_size 18 must be divisible"),
+    (["--preset", "laptop"], "invalid choice: 'laptop'"),
+    (["--dataset", "fashion-mnist"], "set in_chans=1"),
+    (["--dataset", "cifar10"], "cifar10 not found"),  # not on disk, and no --download
+    (["--dataset", "imagefolder:/nonexistent/train"], "image folder /nonexistent/train does not exist"),
+])
+def test_cli_rejects_bad_input_with_exit_2_and_no_traceback(args, needle, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MIXEDAE_DATA", str(tmp_path / "empty"))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "run"), *args])
+    assert exit_info.value.code == 2
+    assert needle in capsys.readouterr().err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # rejected before any training
+
+
+def test_cli_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
+    main(["pretrain", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"])
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--preset", "smoke", "--out", str(tmp_path), "--no-progress"])
+    assert exit_info.value.code == 2 and "already holds a run" in capsys.readouterr().err
+
+
+def test_make_config_rejects_unknown_fields():
+    with pytest.raises(ValueError, match="unknown config field"):
+        make_config("smoke", epoch=3)
+    with pytest.raises(ValueError, match="unknown preset"):
+        make_config("huge")
+
+
+# ------------------------------------------------------------------------------------ schedule, optimiser
+def test_lr_schedule_warmup_then_cosine():
+    config = make_config("smoke", epochs=10, warmup_epochs=2, blr=2.56e-3, batch_size=16, min_lr=1e-5)
+    lrs = lr_schedule(config, total_steps=100, steps_per_epoch=10)
+    peak = 2.56e-3 * 16 / 256
+    assert lrs[0] == 0 and lrs[10] == pytest.approx(peak / 2) and lrs[20] == pytest.approx(peak)
+    assert lrs[60] == pytest.approx(1e-5 + (peak - 1e-5) * 0.5 * (1 + math.cos(math.pi * 40 / 80)))
+    assert lrs[99] > 1e-5 and lrs[99] == pytest.approx(1e-5, abs=peak * 1e-3)
+    assert (lrs[20:][1:] <= lrs[20:][:-1]).all()
+
+
+def test_no_weight_decay_on_norms_biases_embeddings_tokens():
+    model = build_model(make_config("smoke", method="mixedae"))
+    decay, no_decay = param_groups(model, 0.05)
+    names = {id(p): n for n, p in model.named_parameters()}
+    no_decay_names = {names[id(p)] for p in no_decay["params"]}
+    assert {"cls_token", "mask_token", "seg_embed", "blocks.0.norm1.weight", "blocks.0.attn.qkv.bias"} <= no_decay_names
+    assert all(names[id(p)].endswith("weight") and p.ndim == 2 or p.ndim == 4 for p in decay["params"])
+    assert "pos_embed" not in no_decay_names | {names[id(p)] for p in decay["params"]}  # frozen sin-cos
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+
+
+def test_run_key_depends_on_what_the_run_computes():
+    a = make_config("smoke")
+    assert run_key(a, CODE_VERSION) == run_key(make_config("smoke", log_every=7), CODE_VERSION)
+    assert run_key(a, CODE_VERSION) != run_key(make_config("smoke", seed=1), CODE_VERSION)
+    assert run_key(a, CODE_VERSION) != run_key(a, CODE_VERSION + "x")
+
+
+# ------------------------------------------------------------------------------------ resumability
+def small(**kw):
+    return make_config("smoke", **{"method": "mixedae", "synthetic_size": 96, "epochs": 4, "batch_size": 8, **kw})
+
+
+def test_same_seed_same_numbers(tmp_path):
+    train(small(epochs=2), tmp_path / "a", progress=False)
+    train(small(epochs=2), tmp_path / "b", progress=False)
+    assert_same_run(tmp_path / "a", tmp_path / "b", atol=0)
+
+
+def spawn(config: Config, out, resume=False):
+    args = [f"--{k}={v}" for k, v in config.to_dict().items() if v is not None]
+    return subprocess.Popen([sys.executable, "-m", "mixedae_core", "pretrain", "--preset", "smoke", "--out", str(out),
+                             "--no-progress", *(["--resume"] if resume else []), *args],
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_epochs(out, n, proc, timeout=120):
+    """Until `n` epoch lines are logged and a checkpoint is on disk (it is written after the line)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if len([m for m in read_metrics(out) if m["kind"] == "epoch"]) >= n and (out / "checkpoint.pt").exists():
+            return
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.01)
+    raise TimeoutError
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_killed_run_resumes_to_the_same_weights(tmp_path, sig):
+    config = small(epochs=6, synthetic_size=160)
+    proc = spawn(config, tmp_path / "killed")
+    wait_for_epochs(tmp_path / "killed", 1, proc)
+    time.sleep(0.15)  # into the second epoch
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0 and not (tmp_path / "killed" / "summary.json").exists(), "run ended before the kill"
+    if sig == signal.SIGTERM:
+        assert "stopped by signal" in err
+    resumed = spawn(config, tmp_path / "killed", resume=True)
+    straight = spawn(config, tmp_path / "straight")  # same process setup, so the same float arithmetic
+    out, err = resumed.communicate(timeout=120)
+    assert resumed.returncode == 0 and "resuming" in out, err
+    assert straight.wait(timeout=120) == 0, straight.communicate()
+    assert_identical_runs(tmp_path / "killed", tmp_path / "straight")
+    epochs = [m["epoch"] for m in read_metrics(tmp_path / "killed") if m["kind"] == "epoch"]
+    assert epochs == list(range(6))  # no duplicated or missing epoch line after the resume
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # One step per epoch (a checkpoint after every step); step 0 has lr 0 (warm-up), then a learning
+    # rate so large that the weights blow up within a few steps.
+    config = make_config("smoke", method="naive", synthetic_size=8, batch_size=8, epochs=200, warmup_epochs=1,
+                         blr=1e6, norm_pix_loss=False)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite by step \d+|at step \d+") as info:
+        train(config, tmp_path, progress=False)
+    assert "last good checkpoint" in str(info.value)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["state"]["step"] >= 1
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
+    failed_step = int(str(info.value).split("step ")[1].split()[0])
+    assert ckpt["state"]["step"] <= failed_step + 1
+
+
+# ------------------------------------------------------------------------------------ torchrun
+def test_two_gloo_processes_train_the_same_model_as_one(tmp_path):
+    config = small(epochs=2, accum_steps=1)
+    args = [f"--{k}={v}" for k, v in config.to_dict().items() if v is not None]
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "mixedae_core", "pretrain", "--preset", "smoke", "--out", str(tmp_path / "two"),
+                             "--no-progress", *args], cwd=REPO, env={**ENV, "MIXEDAE_BACKEND": "gloo"},
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    train(config, tmp_path / "one", progress=False)
+    assert json.loads((tmp_path / "two" / "summary.json").read_text())["processes"] == 2
+    assert_same_run(tmp_path / "two", tmp_path / "one", atol=1e-5)
+
+
+def test_gradient_accumulation_matches_one_big_batch(tmp_path):
+    train(small(epochs=1, accum_steps=2), tmp_path / "accum", progress=False)
+    train(small(epochs=1), tmp_path / "plain", progress=False)
+    assert_same_run(tmp_path / "accum", tmp_path / "plain", atol=1e-5)
+
+
+# ------------------------------------------------------------------------------------ run cache
+def test_ensure_run_trains_once_then_reuses(tmp_path):
+    config = small(epochs=1)
+    run = ensure_run(config, root=tmp_path, progress=False)
+    assert run == run_dir_for(config, tmp_path) and (run / "summary.json").exists()
+    stamp = (run / "checkpoint.pt").stat().st_mtime_ns
+    assert ensure_run(config, root=tmp_path, progress=False) == run
+    assert (run / "checkpoint.pt").stat().st_mtime_ns == stamp  # not trained again
+    model, loaded = load_model(run)
+    assert loaded == config and not model.training
+
+
+def test_ensure_run_resumes_an_unfinished_run(tmp_path):
+    config = small(epochs=6, synthetic_size=160)
+    run = run_dir_for(config, tmp_path)
+    proc = spawn(config, run)
+    wait_for_epochs(run, 1, proc)
+    proc.kill()
+    proc.wait()
+    assert not (run / "summary.json").exists()
+    straight = spawn(config, tmp_path / "straight")
+    resumed = subprocess.run([sys.executable, "-c", "import sys; from mixedae_core.config import Config; "
+                              "from mixedae_core.train import ensure_run; import json; "
+                              f"ensure_run(Config(**json.load(open({str(run / 'config.json')!r}))), root={str(tmp_path)!r}, "
+                              "progress=False)"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout  # continued from the checkpoint, not retrained
+    assert straight.wait(timeout=120) == 0
+    assert_identical_runs(run, tmp_path / "straight")
