@@ -1,7 +1,10 @@
-"""Command line: `python -m mixedae_core pretrain --preset cpu --method mixedae --epochs 3 ...`
+"""Command line.
 
-Every Config field is an option under its own name. torchrun works as it is:
-`torchrun --nproc_per_node 8 -m mixedae_core pretrain --preset imagenet --dataset imagefolder:/data/in1k/train`.
+    python -m mixedae_core pretrain --preset cpu --method mixedae --epochs 3 ...
+    python -m mixedae_core evaluate RUN_DIR [--train_subset 10000 ...]
+
+Every Config (pretrain) or EvalConfig (evaluate) field is an option under its own name. torchrun works as
+it is: `torchrun --nproc_per_node 8 -m mixedae_core pretrain --preset imagenet --dataset imagefolder:/data/train`.
 """
 import argparse
 import dataclasses
@@ -11,38 +14,46 @@ from .config import PRESETS, Config, make_config, parse_value
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one paragraph and exit 2, never a traceback
-        fields = ", ".join(f.name for f in dataclasses.fields(Config))
-        sys.stderr.write(f"{self.prog}: error: {message}. Options: --preset {{{','.join(PRESETS)}}}, --out DIR, "
-                         f"--resume, --no-progress, and --<field> VALUE for any config field ({fields}).\n")
+    """Errors as one paragraph and exit code 2, never a traceback."""
+
+    def __init__(self, *args, fields_of=Config, extra="", **kw):
+        super().__init__(*args, **kw)
+        self.fields_of, self.extra = fields_of, extra
+
+    def error(self, message):
+        fields = ", ".join(f.name for f in dataclasses.fields(self.fields_of))
+        sys.stderr.write(f"{self.prog}: error: {message}. Options: {self.extra}--<field> VALUE for any field of "
+                         f"{self.fields_of.__name__} ({fields}).\n")
         raise SystemExit(2)
 
 
-def parse_pretrain(argv):
-    parser = Parser(prog="python -m mixedae_core pretrain", description="Pre-train MAE, naive mixing or MixedAE.")
+def add_fields(parser, cls):
+    for f in dataclasses.fields(cls):
+        parser.add_argument(f"--{f.name}", default=None, metavar="VALUE")
+
+
+def field_overrides(parser, args, cls) -> dict:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    try:
+        return {name: parse_value(cls, fields[name], text) for name, text in vars(args).items()
+                if name in fields and text is not None}
+    except ValueError as err:
+        parser.error(str(err).rstrip("."))
+
+
+def pretrain(argv):
+    parser = Parser(prog="python -m mixedae_core pretrain", description="Pre-train MAE, naive mixing or MixedAE.",
+                    extra=f"--preset {{{','.join(PRESETS)}}}, --out DIR, --resume, --no-progress, ")
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
     parser.add_argument("--out", default=None, help="run directory (default: the run cache, keyed by the config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--no-progress", action="store_true")
-    for f in dataclasses.fields(Config):
-        parser.add_argument(f"--{f.name}", default=None, metavar="VALUE")
+    add_fields(parser, Config)
     args = parser.parse_args(argv)
-    fields = {f.name: f for f in dataclasses.fields(Config)}
     try:
-        overrides = {name: parse_value(fields[name], text) for name, text in vars(args).items()
-                     if name in fields and text is not None}
-        config = make_config(args.preset, **overrides)
+        config = make_config(args.preset, **field_overrides(parser, args, Config))
     except ValueError as err:
         parser.error(str(err).rstrip("."))
-    return args, config
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else argv
-    if not argv or argv[0] not in ("pretrain",):
-        sys.stderr.write("usage: python -m mixedae_core pretrain [--preset P] [--out DIR] [--resume] [--<field> VALUE ...]\n")
-        raise SystemExit(2)
-    args, config = parse_pretrain(argv[1:])
     from .data import DatasetError
     from .train import RunExistsError, ensure_run, train
     try:
@@ -53,6 +64,38 @@ def main(argv=None):
     except (RunExistsError, DatasetError) as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(2)
+
+
+def evaluate(argv):
+    from .evaluate import EvalConfig, evaluate_run
+    parser = Parser(prog="python -m mixedae_core evaluate", fields_of=EvalConfig, extra="RUN_DIR, --device D, ",
+                    description="kNN, linear probe and object awareness of a run's encoder; writes RUN_DIR/eval.json.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--no-progress", action="store_true")
+    add_fields(parser, EvalConfig)
+    args = parser.parse_args(argv)
+    ec = EvalConfig(**field_overrides(parser, args, EvalConfig))
+    from .data import DatasetError
+    try:
+        result = evaluate_run(args.run_dir, ec, args.device, progress=not args.no_progress)
+    except (FileNotFoundError, DatasetError, ValueError) as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2)
+    for name, scores in result["scores"].items():
+        print(f"{name:12s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if not k.endswith("_images")))
+    print(f"written to {args.run_dir}/eval.json")
+
+
+COMMANDS = {"pretrain": pretrain, "evaluate": evaluate}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate} ...  (--help after the command for its options)\n")
+        raise SystemExit(2)
+    COMMANDS[argv[0]](argv[1:])
 
 
 if __name__ == "__main__":

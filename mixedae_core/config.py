@@ -126,9 +126,9 @@ def make_config(preset: str = "cpu", **overrides) -> Config:
     return Config(**{**PRESETS[preset], **overrides})
 
 
-def parse_value(config_field: dataclasses.Field, text: str):
-    """A CLI string as the field's type (int, float, bool, str, optional, tuple of ints)."""
-    hint = typing.get_type_hints(Config)[config_field.name]
+def parse_value(cls, config_field: dataclasses.Field, text: str):
+    """A CLI string as the type of a field of dataclass `cls` (int, float, bool, str, optional, int tuple)."""
+    hint = typing.get_type_hints(cls)[config_field.name]
     args = typing.get_args(hint)
     optional = type(None) in args
     if optional and text.lower() in ("none", "null", ""):

@@ -233,5 +233,5 @@ def imagefolder_loader(path: str, img_size: int, batch_size: int, workers: int, 
                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
     ds = CheckedImageFolder(path, transform)
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=True,
-                      drop_last=True, persistent_workers=workers > 0)
+    return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                      pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)

@@ -1,9 +1,174 @@
-"""Measurements on trained (or untrained) models."""
+"""Evaluation of a pre-trained encoder: frozen features (kNN, linear probe), optional fine-tuning,
+attention maps and object awareness, and the diagnostics of the ablations (cross-image reliance).
+
+Features come from the encoder with global attention on whole, unmixed images (`forward_features`):
+what a stock timm ViT loaded with the encoder computes. Two features per image: the [CLS] token and
+the mean of the patch tokens, both after the final norm.
+"""
+import contextlib
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
 import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
 
-from .model import MixedAutoencoderViT
+from .config import Config
+from .data import TensorDataset, load_dataset, normalize, random_resized_crop_flip
+from .model import MixedAutoencoderViT, build_model, timm_encoder
+from .provenance import provenance
+from .train import load_model, lr_schedule, resolve_device
+
+EVAL_VERSION = "1"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
 
 
+@dataclass
+class EvalConfig:
+    """The fixed evaluation recipe. Subsets keep CPU suites inside their time budget."""
+    knn_k: int = 20
+    knn_temperature: float = 0.07     # DINO's
+    probe_l2: float = 1e-4            # L2 penalty of the logistic regression (on standardised features)
+    probe_max_iter: int = 300         # L-BFGS iterations (full batch): converged well before on our data
+    train_subset: int | None = None   # first n training images (None = all)
+    test_subset: int | None = None
+    attention_layer: int = -1         # encoder block whose [CLS] attention the object score reads
+    attention_mass: float = 0.6       # the attention region holds this share of the [CLS] attention
+    batch_size: int = 500
+    baselines: bool = True            # also evaluate raw pixels and a randomly initialised encoder
+
+
+# ------------------------------------------------------------------------------------------ features
+@torch.no_grad()
+def extract_features(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, batch_size: int = 500,
+                     progress: bool = False) -> dict:
+    """{'cls': [n, D], 'mean': [n, D]} for uint8 images, normalised like training, no augmentation."""
+    model.eval()
+    device = next(model.parameters()).device
+    cls, mean = [], []
+    for start in tqdm(range(0, len(images_uint8), batch_size), disable=not progress, desc="features", leave=False):
+        x = normalize(images_uint8[start:start + batch_size].to(device), dataset)
+        tokens = model.forward_features(x).float()
+        cls.append(tokens[:, 0])
+        mean.append(tokens[:, 1:].mean(1))
+    return {"cls": torch.cat(cls), "mean": torch.cat(mean)}
+
+
+def pixel_features(images_uint8: torch.Tensor, dataset: str) -> torch.Tensor:
+    return normalize(images_uint8, dataset).flatten(1)
+
+
+# ------------------------------------------------------------------------------------------ kNN, probe
+@torch.no_grad()
+def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: float = 0.07,
+                 num_classes: int | None = None, chunk: int = 1024) -> float:
+    """Weighted kNN on cosine similarity (Wu et al. 2018, as DINO): each of the k nearest training
+    features votes for its class with weight exp(similarity / temperature)."""
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    k = min(k, len(train_x))
+    train_x = F.normalize(train_x.float(), dim=1)
+    correct = 0
+    for start in range(0, len(test_x), chunk):
+        q = F.normalize(test_x[start:start + chunk].float(), dim=1)
+        sims, idx = (q @ train_x.T).topk(k, dim=1)
+        votes = torch.zeros(len(q), num_classes, device=q.device)
+        votes.scatter_add_(1, train_y[idx], (sims / temperature).exp())
+        correct += (votes.argmax(1) == test_y[start:start + chunk]).sum().item()
+    return correct / len(test_x)
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, l2: float = 1e-4, max_iter: int = 300,
+                          num_classes: int | None = None) -> float:
+    """Multinomial logistic regression on standardised features, full-batch L-BFGS to convergence."""
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    train_x, test_x = train_x.float(), test_x.float()
+    mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
+    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    linear = torch.nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
+    torch.nn.init.zeros_(linear.weight)
+    torch.nn.init.zeros_(linear.bias)
+    opt = torch.optim.LBFGS(linear.parameters(), lr=1, max_iter=max_iter, tolerance_grad=1e-6,
+                            tolerance_change=1e-9, history_size=20, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = F.cross_entropy(linear(train_x), train_y) + l2 * linear.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return (linear(test_x).argmax(1) == test_y).float().mean().item()
+
+
+def frozen_scores(train_feats: dict, train_y, test_feats: dict, test_y, ec: EvalConfig, num_classes: int) -> dict:
+    """kNN and linear-probe accuracy for every feature kind ('cls', 'mean', 'pixels', ...)."""
+    out = {}
+    for kind in train_feats:
+        out[f"knn_{kind}"] = knn_accuracy(train_feats[kind], train_y, test_feats[kind], test_y, ec.knn_k,
+                                          ec.knn_temperature, num_classes)
+        out[f"probe_{kind}"] = linear_probe_accuracy(train_feats[kind], train_y, test_feats[kind], test_y,
+                                                     ec.probe_l2, ec.probe_max_iter, num_classes)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ attention
+@torch.no_grad()
+def attention_map(model: MixedAutoencoderViT, images: torch.Tensor, layer: int = -1,
+                  query: int | None = None) -> torch.Tensor:
+    """Attention of one encoder block on single images (global attention), from the [CLS] query
+    (query=None) or from patch `query` (row-major index), to every patch: [B, heads, grid, grid]."""
+    model.eval()
+    _, attentions = model.forward_features(images, return_attention=True)
+    attn = attentions[layer][:, :, 0 if query is None else 1 + query, 1:]
+    grid = int(attn.shape[-1] ** 0.5)
+    return attn.reshape(*attn.shape[:2], grid, grid)
+
+
+def attention_region(attn: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
+    """The patches that hold `mass` of each map's attention (DINO's masks): those at least as attended
+    as the patch at which the mass, summed from the top, reaches `mass`. Ties at that value are all
+    kept, so a map that is uniform on an object selects exactly the object.
+    attn [B, grid, grid] (non-negative) -> bool [B, grid, grid]."""
+    flat = attn.flatten(1)
+    flat = flat / flat.sum(1, keepdim=True)
+    values, _ = flat.sort(dim=1, descending=True)
+    before = values.cumsum(1) - values  # mass of the patches ranked above each one
+    last = (before < mass).sum(1, keepdim=True) - 1  # rank of the patch that reaches the mass
+    threshold = values.gather(1, last)
+    return (flat >= threshold).view_as(attn)
+
+
+def foreground_patches(images_uint8: torch.Tensor, patch_size: int, threshold: float = 0.5) -> torch.Tensor:
+    """Object mask at patch resolution: a patch is foreground when more than `threshold` of its pixels
+    are non-zero (Fashion-MNIST's background is exactly 0). [B, C, H, W] -> bool [B, grid, grid]."""
+    pixel_fg = (images_uint8 > 0).any(1, keepdim=True).float()
+    return F.avg_pool2d(pixel_fg, patch_size).squeeze(1) > threshold
+
+
+def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Per-item intersection over union of bool masks [B, ...] -> [B]."""
+    inter = (a & b).flatten(1).sum(1).float()
+    union = (a | b).flatten(1).sum(1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
+
+
+@torch.no_grad()
+def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, layer: int = -1,
+                     mass: float = 0.6, batch_size: int = 500) -> torch.Tensor:
+    """Per-image IoU between the head-averaged [CLS] attention region (holding `mass` of the attention)
+    and the foreground patches."""
+    device = next(model.parameters()).device
+    scores = []
+    for start in range(0, len(images_uint8), batch_size):
+        raw = images_uint8[start:start + batch_size].to(device)
+        attn = attention_map(model, normalize(raw, dataset), layer).mean(1)
+        scores.append(iou(attention_region(attn, mass), foreground_patches(raw, model.config.patch_size)))
+    return torch.cat(scores).cpu()
+
+
+# ------------------------------------------------------------------------------------------ cross-image reliance
 @torch.no_grad()
 def cross_image_reliance(model: MixedAutoencoderViT, imgs: torch.Tensor, unrelated: torch.Tensor,
                          noise: torch.Tensor | None = None) -> torch.Tensor:
@@ -26,3 +191,127 @@ def cross_image_reliance(model: MixedAutoencoderViT, imgs: torch.Tensor, unrelat
         swapped[slot::G] = imgs[slot::G]
         rise[slot::G] = model(swapped, noise=noise).loss_per_image[slot::G] - base[slot::G]
     return rise
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDataset, epochs: int = 10,
+             batch_size: int = 256, blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
+             progress: bool = False) -> float:
+    """Short end-to-end fine-tuning (for GPU presets): the encoder as a stock timm ViT (global attention)
+    with a linear head on [CLS], AdamW with warm-up + cosine, RandomResizedCrop + flip. Returns top-1."""
+    device = next(model.parameters()).device
+    c = model.config
+    vit = timm_encoder(model)
+    vit.reset_classifier(train.num_classes)
+    vit.to(device).train()
+    steps_per_epoch = len(train) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train)} training images give no full fine-tuning batch of {batch_size}")
+    lrs = lr_schedule(blr * batch_size / 256, 0.0, epochs * steps_per_epoch, steps_per_epoch)  # 1 warm-up epoch
+    opt = torch.optim.AdamW(vit.parameters(), lr=float(lrs[0]), weight_decay=weight_decay)
+    g = torch.Generator(device).manual_seed(seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    step = 0
+    for _ in tqdm(range(epochs), disable=not progress, desc="fine-tune"):
+        order = torch.randperm(len(train), generator=g, device=device)
+        for i in range(steps_per_epoch):
+            idx = order[i * batch_size:(i + 1) * batch_size]
+            x = random_resized_crop_flip(normalize(train.images[idx].to(device), train.name), c.img_size, g)
+            for group in opt.param_groups:
+                group["lr"] = float(lrs[step])
+            with autocast:
+                loss = F.cross_entropy(vit(x), train.labels[idx].to(device))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+    vit.eval()
+    correct = 0
+    with torch.no_grad():
+        for start in range(0, len(test), 500):
+            x = normalize(test.images[start:start + 500].to(device), test.name)
+            correct += (vit(x).argmax(1).cpu() == test.labels[start:start + 500].cpu()).sum().item()
+    return correct / len(test)
+
+
+# ------------------------------------------------------------------------------------------ whole runs
+def eval_key(ec: EvalConfig) -> dict:
+    return {"eval_version": EVAL_VERSION, **dataclasses.asdict(ec)}
+
+
+def _splits(config: Config, ec: EvalConfig):
+    if config.dataset_kind == "imagefolder":
+        raise ValueError("evaluation needs a device-resident dataset with a test split (fashion-mnist, cifar10, "
+                         "cifar100, stl10, synthetic); for image folders fine-tune with your own pipeline")
+    args = (config.img_size, config.in_chans, config.download, config.synthetic_size, config.seed)
+    return (load_dataset(config.dataset_kind, "train", *args).subset(ec.train_subset),
+            load_dataset(config.dataset_kind, "test", *args).subset(ec.test_subset))
+
+
+def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, progress: bool = False) -> dict:
+    """kNN and linear probe on [CLS] and mean-pooled features, and the object-awareness IoU."""
+    device = next(model.parameters()).device
+    train, test = _splits(config, ec)
+    train_y, test_y = train.labels.to(device), test.labels.to(device)
+    tr = extract_features(model, train.images, train.name, ec.batch_size, progress)
+    te = extract_features(model, test.images, test.name, ec.batch_size, progress)
+    scores = frozen_scores(tr, train_y, te, test_y, ec, train.num_classes)
+    awareness = object_awareness(model, test.images, test.name, ec.attention_layer, ec.attention_mass, ec.batch_size)
+    return {**scores, "object_iou": awareness.mean().item(), "train_images": len(train), "test_images": len(test)}
+
+
+def mae_twin(config: Config) -> Config:
+    """The same sizes, data and seed as plain MAE: its random init is every method's shared init."""
+    return dataclasses.replace(config, method="mae", topk=None, homologous_layers=None, seg_embed=None,
+                               mix_mode="compose")
+
+
+def evaluate_baselines(config: Config, ec: EvalConfig, device, root=None, progress: bool = False) -> dict:
+    """Raw pixels and the randomly initialised encoder, evaluated like a run; cached once per
+    (sizes, data, seed, recipe) under the run cache, since every run of a comparison shares them."""
+    from .config import run_key
+    from .train import runs_root
+    base = mae_twin(config)
+    path = Path(root or runs_root()) / "baselines" / f"{run_key(base, EVAL_VERSION + json.dumps(eval_key(ec)))}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    torch.manual_seed(config.seed)
+    random_init = build_model(base).to(device)
+    result = {"random_init": evaluate_model(random_init, base, ec, progress)}
+    train, test = _splits(config, ec)
+    pixels = frozen_scores({"pixels": pixel_features(train.images.to(device), train.name)}, train.labels.to(device),
+                           {"pixels": pixel_features(test.images.to(device), test.name)}, test.labels.to(device),
+                           ec, train.num_classes)
+    result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result
+
+
+def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = None, progress: bool = True,
+                 baselines_root=None) -> dict:
+    """eval.json of a finished run, computed once per evaluation recipe (cached in the run directory).
+    scores: {'encoder': ..., 'random_init': ..., 'raw_pixels': ...} (baselines when ec.baselines)."""
+    ec = ec or EvalConfig()
+    run_dir = Path(run_dir)
+    path = run_dir / "eval.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("eval") == eval_key(ec):
+            return cached
+    if not (run_dir / "checkpoint.pt").exists():
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: is it a run directory?")
+    _, config = load_model(run_dir)
+    dev = torch.device(device) if device else resolve_device(config)
+    model, config = load_model(run_dir, dev)
+    scores = {"encoder": evaluate_model(model, config, ec, progress)}
+    if ec.baselines:
+        scores.update(evaluate_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
+    result = {"run": run_dir.name, "eval": eval_key(ec), "config": config.to_dict(), "scores": scores,
+              "provenance": provenance(dev)}
+    tmp = path.with_name("eval.json.tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.replace(path)
+    return result

@@ -257,8 +257,9 @@ class MixedAutoencoderViT(nn.Module):
             self.seg_embed = nn.Parameter(torch.zeros(c.group_size, dim))
         self.hc_head = None
         if c.method == "mixedae":
-            self.hc_head = nn.Sequential(nn.Linear(c.embed_dim, c.embed_dim), nn.GELU(),
-                                         nn.Linear(c.embed_dim, c.hc_proj_dim))
+            with torch.random.fork_rng(devices=[]):  # its default init must not shift the shared init below
+                self.hc_head = nn.Sequential(nn.Linear(c.embed_dim, c.embed_dim), nn.GELU(),
+                                             nn.Linear(c.embed_dim, c.hc_proj_dim))
         self.initialize_weights()
 
     # ------------------------------------------------------------------ init (official MAE)
@@ -271,9 +272,10 @@ class MixedAutoencoderViT(nn.Module):
         nn.init.xavier_uniform_(w.view([w.shape[0], -1]))  # like nn.Linear, as MAE
         nn.init.normal_(self.cls_token, std=0.02)
         nn.init.normal_(self.mask_token, std=0.02)
+        self.apply(self._init_weights)
+        # After everything MAE has: with one seed, all methods start from the same shared weights.
         if self.seg_embed is not None:
             nn.init.normal_(self.seg_embed, std=0.02)
-        self.apply(self._init_weights)
 
     @staticmethod
     def _init_weights(m):

@@ -42,13 +42,12 @@ class RunExistsError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- schedule, optimiser
-def lr_schedule(config: Config, total_steps: int, steps_per_epoch: int) -> np.ndarray:
+def lr_schedule(lr: float, min_lr: float, total_steps: int, warmup_steps: int) -> np.ndarray:
     """Per-step learning rate: linear warm-up from 0, then half-cosine to min_lr (MAE's, per iteration)."""
-    warmup = min(int(round(config.warmup_epochs * steps_per_epoch)), total_steps)
+    warmup = min(warmup_steps, total_steps)
     steps = np.arange(total_steps, dtype=np.float64)
-    lr = config.lr
     progress = (steps - warmup) / max(total_steps - warmup, 1)
-    cosine = config.min_lr + (lr - config.min_lr) * 0.5 * (1 + np.cos(np.pi * progress))
+    cosine = min_lr + (lr - min_lr) * 0.5 * (1 + np.cos(np.pi * progress))
     return np.where(steps < warmup, lr * steps / max(warmup, 1), cosine)
 
 
@@ -224,7 +223,7 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
     batches = (FolderBatches if c.dataset_kind == "imagefolder" else DeviceBatches)(c, device, rank, world)
     spe = batches.steps_per_epoch
     total = c.epochs * spe if c.max_steps is None else min(c.epochs * spe, c.max_steps)
-    lrs = lr_schedule(c, total, spe)
+    lrs = lr_schedule(c.lr, c.min_lr, total, int(round(c.warmup_epochs * spe)))
     optimizer = torch.optim.AdamW(param_groups(model, c.weight_decay), lr=c.lr, betas=(c.beta1, c.beta2))
 
     state = {"step": 0, "train_seconds": 0.0, "images": 0, "epoch_sums": None}

@@ -231,6 +231,16 @@ def test_module_sets_per_method():
     assert mixedae - mae == {"seg_embed", "hc_head.0.weight", "hc_head.0.bias", "hc_head.2.weight", "hc_head.2.bias"}
 
 
+def test_same_seed_same_shared_weights_in_every_method():
+    """Paired comparisons: for one seed, MAE, naive and MixedAE start from the same shared weights."""
+    models = {}
+    for method in ("mae", "naive", "mixedae"):
+        torch.manual_seed(0)
+        models[method] = build_model(tiny(method, seg_embed="decoder") if method == "mixedae" else tiny(method)).state_dict()
+    for name, w in models["mae"].items():
+        assert torch.equal(w, models["naive"][name]) and torch.equal(w, models["mixedae"][name]), name
+
+
 def test_weights_move_between_methods():
     mixedae = build_model(tiny("mixedae"))
     mae = build_model(tiny("mae"))

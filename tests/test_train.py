@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -113,13 +114,13 @@ def test_make_config_rejects_unknown_fields():
 
 # ------------------------------------------------------------------------------------ schedule, optimiser
 def test_lr_schedule_warmup_then_cosine():
-    config = make_config("smoke", epochs=10, warmup_epochs=2, blr=2.56e-3, batch_size=16, min_lr=1e-5)
-    lrs = lr_schedule(config, total_steps=100, steps_per_epoch=10)
-    peak = 2.56e-3 * 16 / 256
+    peak = 0.01
+    lrs = lr_schedule(peak, 1e-5, total_steps=100, warmup_steps=20)
     assert lrs[0] == 0 and lrs[10] == pytest.approx(peak / 2) and lrs[20] == pytest.approx(peak)
     assert lrs[60] == pytest.approx(1e-5 + (peak - 1e-5) * 0.5 * (1 + math.cos(math.pi * 40 / 80)))
     assert lrs[99] > 1e-5 and lrs[99] == pytest.approx(1e-5, abs=peak * 1e-3)
     assert (lrs[20:][1:] <= lrs[20:][:-1]).all()
+    assert make_config("smoke", blr=2.56e-3, batch_size=16).lr == pytest.approx(2.56e-3 * 16 / 256)
 
 
 def test_no_weight_decay_on_norms_biases_embeddings_tokens():
@@ -254,3 +255,17 @@ def test_ensure_run_resumes_an_unfinished_run(tmp_path):
     assert "resuming" in resumed.stdout  # continued from the checkpoint, not retrained
     assert straight.wait(timeout=120) == 0
     assert_identical_runs(run, tmp_path / "straight")
+
+
+def test_image_folder_run(tmp_path):
+    """The DataLoader path (ImageNet-style folders) trains and checkpoints like the device-resident one."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for c in ("a", "b"):
+        (tmp_path / "train" / c).mkdir(parents=True)
+        for i in range(8):
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "train" / c / f"{i}.png")
+    config = make_config("smoke", method="naive", dataset=f"imagefolder:{tmp_path / 'train'}", workers=0, epochs=2,
+                         batch_size=8)
+    summary = train(config, tmp_path / "run", progress=False)
+    assert summary["steps"] == 4 and math.isfinite(summary["final"]["loss"])

@@ -1,0 +1,127 @@
+"""Evaluators on data where the answer is known, and evaluation of whole runs."""
+import json
+
+import pytest
+import torch
+
+from mixedae_core.__main__ import main
+from mixedae_core.config import make_config
+from mixedae_core.data import make_synthetic
+from mixedae_core.evaluate import (EvalConfig, attention_map, attention_region, evaluate_run, finetune,
+                                   foreground_patches, iou, knn_accuracy, linear_probe_accuracy, object_awareness)
+from mixedae_core.model import build_model
+from mixedae_core.train import train
+
+
+def blobs(n, dim=16, classes=4, spread=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    centres = torch.randn(classes, dim, generator=torch.Generator().manual_seed(123)) * 3
+    y = torch.arange(n) % classes
+    return centres[y] + spread * torch.randn(n, dim, generator=g), y
+
+
+def test_knn_with_k1_on_the_training_set_is_perfect():
+    x, y = torch.randn(200, 8), torch.randint(0, 5, (200,))
+    assert knn_accuracy(x, y, x, y, k=1) == 1.0
+
+
+def test_knn_on_clusters_and_on_noise():
+    x, y = blobs(400)
+    xt, yt = blobs(200, seed=1)
+    assert knn_accuracy(x, y, xt, yt, k=20) > 0.99
+    shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]
+    assert knn_accuracy(x, shuffled, xt, yt, k=20) < 0.5  # labels carry no information: near chance (0.25)
+
+
+def test_linear_probe_separable_and_unlearnable():
+    x, y = blobs(600, classes=3)
+    xt, yt = blobs(300, classes=3, seed=1)
+    assert linear_probe_accuracy(x, y, xt, yt) > 0.99
+    g = torch.Generator().manual_seed(0)
+    w = torch.randn(32, 3, generator=g)
+    h = torch.randn(500, 32, generator=g)
+    separable = (h @ w).argmax(1)  # separable by construction: converged L-BFGS fits the training set exactly
+    assert linear_probe_accuracy(h, separable, h, separable, l2=0) == 1.0
+    random_y = torch.randint(0, 3, (600,), generator=g)
+    assert linear_probe_accuracy(x, random_y, xt, yt) < 0.5  # labels unrelated to features: near chance
+
+
+def test_attention_region_holds_the_asked_mass():
+    attn = torch.tensor([[[0.5, 0.3], [0.2, 0.0]]])
+    assert attention_region(attn, 0.6).tolist() == [[[True, True], [False, False]]]
+    assert attention_region(attn, 0.4).tolist() == [[[True, False], [False, False]]]
+    assert attention_region(attn, 0.95).tolist() == [[[True, True], [True, False]]]
+
+
+def test_attention_equal_to_the_mask_gives_iou_1():
+    mask = torch.zeros(3, 8, 8, dtype=torch.bool)
+    mask[0, 2:5, 3:6] = True
+    mask[1, :, :4] = True
+    mask[2, 7, 7] = True
+    attn = mask.float() / mask.flatten(1).sum(1).view(-1, 1, 1)  # uniform on the object
+    torch.testing.assert_close(iou(attention_region(attn, 0.6), mask), torch.ones(3))
+    assert (iou(attention_region(attn, 0.6), ~mask) == 0).all()
+    assert iou(mask, mask[[1, 2, 0]]).lt(1).all()
+
+
+def test_foreground_patches_from_pixels():
+    img = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
+    img[0, 0, :4, :4] = 200          # patch (0, 0) fully on
+    img[0, 0, 4, 4] = 10             # patch (1, 1): 1 of 16 pixels
+    assert foreground_patches(img, 4).tolist() == [[[True, False], [False, False]]]
+
+
+def test_attention_maps_and_object_awareness_on_a_model():
+    model = build_model(make_config("smoke", method="mixedae")).eval()
+    data = make_synthetic(12, img_size=16)
+    images = data.images.float() / 255
+    cls = attention_map(model, images, layer=-1)
+    assert cls.shape == (12, 2, 4, 4) and (cls.flatten(2).sum(-1) <= 1 + 1e-5).all()
+    _, attentions = model.forward_features(images, return_attention=True)
+    torch.testing.assert_close(attention_map(model, images, layer=0, query=5).flatten(2), attentions[0][:, :, 6, 1:])
+    scores = object_awareness(model, data.images, "synthetic")
+    assert scores.shape == (12,) and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_finetune_learns_synthetic_classes():
+    torch.manual_seed(0)
+    model = build_model(make_config("smoke", method="mae"))
+    train_set, test_set = make_synthetic(256, img_size=16, seed=0), make_synthetic(64, img_size=16, seed=1)
+    assert finetune(model, train_set, test_set, epochs=10, batch_size=32, blr=5e-3) > 0.5  # chance: 0.25
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    train(make_config("smoke", method="mixedae", synthetic_size=128), run, progress=False)
+    return run
+
+
+def test_evaluate_run_writes_and_caches_eval_json(smoke_run):
+    ec = EvalConfig(batch_size=64)
+    result = evaluate_run(smoke_run, ec, progress=False)
+    saved = json.loads((smoke_run / "eval.json").read_text())
+    assert saved["scores"] == result["scores"] and saved["config"]["method"] == "mixedae"
+    assert {"commit", "device", "date"} <= set(saved["provenance"])
+    for name in ("encoder", "random_init"):
+        assert {"knn_cls", "knn_mean", "probe_cls", "probe_mean", "object_iou"} <= set(result["scores"][name])
+    assert {"knn_pixels", "probe_pixels"} <= set(result["scores"]["raw_pixels"])
+    assert all(0 <= v <= 1 for s in result["scores"].values() for k, v in s.items() if not k.endswith("_images"))
+    assert len(list((smoke_run.parent / "baselines").iterdir())) == 1  # shared by every run of these sizes
+    stamp = (smoke_run / "eval.json").stat().st_mtime_ns
+    evaluate_run(smoke_run, ec, progress=False)
+    assert (smoke_run / "eval.json").stat().st_mtime_ns == stamp  # cached
+    evaluate_run(smoke_run, EvalConfig(batch_size=64, knn_k=5), progress=False)
+    assert json.loads((smoke_run / "eval.json").read_text())["eval"]["knn_k"] == 5  # another recipe: recomputed
+
+
+def test_evaluate_cli(smoke_run, capsys, tmp_path):
+    main(["evaluate", str(smoke_run), "--batch_size", "64", "--baselines", "false", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "encoder" in out and "eval.json" in out
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", str(tmp_path)])
+    assert info.value.code == 2 and "no checkpoint.pt" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["evaluate", str(smoke_run), "--knn_k", "many"])
+    assert info.value.code == 2
