@@ -43,8 +43,10 @@ bench: $(STAMP)
 	$(PY) benchmarks/step_time.py --model cpu
 	$(PY) benchmarks/step_time.py --model tiny
 
-reproduce: $(STAMP) data
-	@echo "make reproduce: the notebook suite is not built yet (see README, Status)"; exit 1
+# The ablation notebooks through papermill: results/{notebooks,figures,tables}/$(PRESET) and results/README.md.
+# PRESET=smoke (synthetic data, minutes), cpu (default, Fashion-MNIST), gpu (needs CUDA).
+reproduce: $(STAMP) $(if $(filter smoke,$(PRESET)),,data)
+	$(PY) -m mixedae_core reproduce --preset $(PRESET)
 
 clean-venv:
 	rm -rf $(VENV)

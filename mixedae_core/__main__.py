@@ -21,9 +21,11 @@ class Parser(argparse.ArgumentParser):
         self.fields_of, self.extra = fields_of, extra
 
     def error(self, message):
-        fields = ", ".join(f.name for f in dataclasses.fields(self.fields_of))
-        sys.stderr.write(f"{self.prog}: error: {message}. Options: {self.extra}--<field> VALUE for any field of "
-                         f"{self.fields_of.__name__} ({fields}).\n")
+        options = self.extra
+        if self.fields_of is not None:
+            fields = ", ".join(f.name for f in dataclasses.fields(self.fields_of))
+            options += f"--<field> VALUE for any field of {self.fields_of.__name__} ({fields})"
+        sys.stderr.write(f"{self.prog}: error: {message}. Options: {options.rstrip(', ')}.\n")
         raise SystemExit(2)
 
 
@@ -87,13 +89,29 @@ def evaluate(argv):
     print(f"written to {args.run_dir}/eval.json")
 
 
-COMMANDS = {"pretrain": pretrain, "evaluate": evaluate}
+def reproduce(argv):
+    from .reproduce import NOTEBOOKS, run_notebooks
+    parser = Parser(prog="python -m mixedae_core reproduce", fields_of=None,
+                    extra="--preset P, --out DIR, --device D, --only 01,02", description="Execute the ablation notebooks and write results/.")
+    parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--only", default="", help=f"comma-separated notebook prefixes of {', '.join(NOTEBOOKS)}")
+    args = parser.parse_args(argv)
+    try:
+        run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o])
+    except ValueError as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2)
+
+
+COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "reproduce": reproduce}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate} ...  (--help after the command for its options)\n")
+        sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate,reproduce} ...  (--help after the command for its options)\n")
         raise SystemExit(2)
     COMMANDS[argv[0]](argv[1:])
 

@@ -140,7 +140,7 @@ def load_dataset(name: str, split: str, img_size: int = 32, in_chans: int = 3, d
     if name in ("cifar10", "cifar100", "stl10"):
         return load_torchvision(name, split, download)
     if name == "synthetic":
-        n = synthetic_size if split == "train" else max(synthetic_size // 4, 8)
+        n = synthetic_size if split == "train" else max(synthetic_size // 2, 8)
         return make_synthetic(n, img_size, in_chans, seed=seed if split == "train" else seed + 1000)
     raise ValueError(f"unknown dataset {name!r}")
 

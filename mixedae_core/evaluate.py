@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data import TensorDataset, load_dataset, normalize, random_resized_crop_flip
+from .mixing import draw_partition
 from .model import MixedAutoencoderViT, build_model, timm_encoder
 from .provenance import provenance
 from .train import load_model, lr_schedule, resolve_device
@@ -168,28 +169,48 @@ def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dat
     return torch.cat(scores).cpu()
 
 
-# ------------------------------------------------------------------------------------------ cross-image reliance
+# ------------------------------------------------------------------------------------------ the MI proxies
+@torch.no_grad()
+def shared_position_loss(model: MixedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
+                         group_size: int = 4):
+    """Reconstruction loss of each image when every method hides the same positions: the partition drawn
+    from `partition_noise` [B/G, N] shows image b only the positions of its set; MAE gets exactly those
+    positions as its visible set. So MAE and the mixing methods are compared on one pretext.
+    Returns the model output (loss_per_image [B], mask [B, N], ...)."""
+    c = model.config
+    if c.mixes:
+        if c.group_size != group_size:
+            raise ValueError(f"the model mixes G = {c.group_size} images; asked for G = {group_size}")
+        return model(imgs, noise=partition_noise)
+    sets = draw_partition(imgs.shape[0] // group_size, c.num_patches, group_size, partition_noise)
+    slot = torch.arange(imgs.shape[0], device=imgs.device) % group_size
+    hidden = sets[torch.arange(imgs.shape[0], device=imgs.device) // group_size] != slot.unsqueeze(1)
+    # argsort keeps the lowest noise: the image's own set (0) before the rest (1), in position order
+    order = torch.arange(c.num_patches, device=imgs.device) / (2 * c.num_patches)
+    return model(imgs, mask_ratio=1 - 1 / group_size, noise=hidden.float() + order)
+
+
 @torch.no_grad()
 def cross_image_reliance(model: MixedAutoencoderViT, imgs: torch.Tensor, unrelated: torch.Tensor,
-                         noise: torch.Tensor | None = None) -> torch.Tensor:
-    """How much each image's reconstruction loss rises when the other images of its mixed sequence are
-    swapped for unrelated images, with the same partition (METHOD.md, the MI argument).
+                         partition_noise: torch.Tensor | None = None, group_size: int = 4) -> torch.Tensor:
+    """How much each image's reconstruction loss rises when the other images of its group are swapped
+    for unrelated images, with the same partition (METHOD.md, the MI argument). Every method hides the
+    same positions (`shared_position_loss`), so MAE is measured on the same pretext.
 
     imgs, unrelated [B, C, H, W]. Returns [B]: loss(swapped) - loss(original) for every image. Zero for
     MAE by construction (one image per sequence); positive where the encoder uses the other images.
     """
-    G = model.config.group_size
+    G = group_size
     if unrelated.shape != imgs.shape:
         raise ValueError(f"unrelated images must have the batch's shape {tuple(imgs.shape)}, got {tuple(unrelated.shape)}")
-    if noise is None:  # one partition (or MAE mask) for every pass, so only the neighbours change
-        rows = imgs.shape[0] // G
-        noise = torch.rand(rows, model.config.num_patches, device=imgs.device)
-    base = model(imgs, noise=noise).loss_per_image
+    if partition_noise is None:  # one partition for every pass, so only the neighbours change
+        partition_noise = torch.rand(imgs.shape[0] // G, model.config.num_patches, device=imgs.device)
+    base = shared_position_loss(model, imgs, partition_noise, G).loss_per_image
     rise = torch.empty_like(base)
     for slot in range(G):  # keep the images of one slot, replace every other slot's
         swapped = unrelated.clone()
         swapped[slot::G] = imgs[slot::G]
-        rise[slot::G] = model(swapped, noise=noise).loss_per_image[slot::G] - base[slot::G]
+        rise[slot::G] = shared_position_loss(model, swapped, partition_noise, G).loss_per_image[slot::G] - base[slot::G]
     return rise
 
 

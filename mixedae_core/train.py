@@ -281,7 +281,8 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
             t0 = time.perf_counter()
             for g in optimizer.param_groups:
                 g["lr"] = float(lrs[step])
-            sums = torch.zeros(len(keys) + 1, device=device)  # loss parts, and TopK accuracy
+            # loss parts, mean TopK accuracy, then TopK accuracy of each homologous layer
+            sums = torch.zeros(len(keys) + 1 + len(c.resolved_homologous_layers), device=device)
             micro = batches.micro_batches(step)
             for a, (images, noise) in enumerate(micro):
                 sync = a == len(micro) - 1
@@ -291,6 +292,7 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
                 sums[:3] += torch.stack([getattr(out, k).detach().float() for k in keys]) / len(micro)
                 if out.topk_acc is not None:
                     sums[3] += out.topk_acc.float().mean() / len(micro)
+                    sums[4:] += out.topk_acc.float() / len(micro)
             sums = reduce_mean(sums)
             if not torch.isfinite(sums[0]):
                 raise NonFiniteLossError(
@@ -303,9 +305,9 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
             state["images"] += c.batch_size
             state["train_seconds"] += time.perf_counter() - t0
             window["images"] += c.batch_size
-            epoch_sums = state["epoch_sums"] if state["epoch_sums"] is not None else [0.0] * 5
+            epoch_sums = state["epoch_sums"] if state["epoch_sums"] is not None else [0.0] * (len(keys) + 1)
             values = sums.tolist()
-            state["epoch_sums"] = [s + v for s, v in zip(epoch_sums, values + [1.0])]
+            state["epoch_sums"] = [s + v for s, v in zip(epoch_sums, values[:len(keys)] + [1.0])]  # + step count
             bar.update(1)
             if diagnose:
                 now = time.perf_counter()
@@ -315,12 +317,13 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
                           "seconds": state["train_seconds"]}
                 if c.method == "mixedae":
                     record["topk_acc"] = values[3]
+                    record["topk_acc_layers"] = values[4:]
                 log(record)
                 bar.set_postfix(loss=f"{values[0]:.4f}")
                 window = {"t": now, "images": 0}
             end_of_epoch = (step + 1) % spe == 0 or step + 1 == total
             if end_of_epoch:
-                n = state["epoch_sums"][4]
+                n = state["epoch_sums"][-1]
                 record = {"kind": "epoch", "step": step, "epoch": epoch,
                           **{k: state["epoch_sums"][i] / n for i, k in enumerate(keys)},
                           "seconds": state["train_seconds"]}

@@ -7,7 +7,7 @@ import torch
 from mixedae_core.__main__ import main
 from mixedae_core.config import make_config
 from mixedae_core.data import make_synthetic
-from mixedae_core.evaluate import (EvalConfig, attention_map, attention_region, evaluate_run, finetune,
+from mixedae_core.evaluate import (EvalConfig, attention_map, attention_region, shared_position_loss, evaluate_run, finetune,
                                    foreground_patches, iou, knn_accuracy, linear_probe_accuracy, object_awareness)
 from mixedae_core.model import build_model
 from mixedae_core.train import train
@@ -81,6 +81,15 @@ def test_attention_maps_and_object_awareness_on_a_model():
     torch.testing.assert_close(attention_map(model, images, layer=0, query=5).flatten(2), attentions[0][:, :, 6, 1:])
     scores = object_awareness(model, data.images, "synthetic")
     assert scores.shape == (12,) and ((scores >= 0) & (scores <= 1)).all()
+
+
+def test_shared_position_loss_hides_the_same_positions_in_every_method():
+    images = make_synthetic(8, img_size=16).images.float() / 255
+    noise = torch.rand(2, 16)
+    outs = {m: shared_position_loss(build_model(make_config("smoke", method=m)).eval(), images, noise)
+            for m in ("mae", "naive", "mixedae")}
+    assert torch.equal(outs["mae"].mask, outs["naive"].mask) and torch.equal(outs["mae"].mask, outs["mixedae"].mask)
+    assert torch.equal(outs["mae"].mask.sum(1), torch.full((8,), 12.0))
 
 
 def test_finetune_learns_synthetic_classes():

@@ -74,7 +74,8 @@ def test_cli_smoke_run_leaves_checkpoint_metrics_config(tmp_path):
     assert config["method"] == "mixedae" and config["dataset"] == "synthetic"
     steps = [m for m in read_metrics(run) if m["kind"] == "step"]
     assert steps and all(0 <= m["topk_acc"] <= 1 and m["img_per_s"] > 0 for m in steps)
-    assert json.loads((run / "summary.json").read_text())["steps"] == 8
+    assert all(len(m["topk_acc_layers"]) == config["depth"] for m in steps)
+    assert json.loads((run / "summary.json").read_text())["steps"] == 16  # 128 images / 16, 2 epochs
 
 
 @pytest.mark.parametrize("args,needle", [

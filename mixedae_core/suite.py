@@ -1,0 +1,166 @@
+"""What the ablation notebooks share: runs through the run cache, evaluations, statistics, and tables
+and figures that carry their provenance. Notebooks stay thin: parameters, calls into this, plots, text.
+"""
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .config import Config, make_config
+from .evaluate import EvalConfig, evaluate_run
+from .provenance import REPO, device_name, provenance
+from .train import ensure_run, load_model, read_metrics, resolve_device
+
+EVAL_PRESETS = {  # the evaluation recipe of each preset: subsets keep the CPU suite inside its budget
+    "smoke": EvalConfig(batch_size=64, probe_max_iter=50),
+    "cpu": EvalConfig(train_subset=5000, test_subset=1000),
+    "gpu": EvalConfig(batch_size=2000),
+    "imagenet": EvalConfig(),
+}
+SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou")
+
+
+@dataclass
+class Suite:
+    """One notebook's view of the experiment: its preset, seeds, device and output folder."""
+    preset: str
+    seeds: list
+    device: str = "auto"
+    out_dir: str = "results"
+    notebook: str = "notebook"
+    runs_root: str | None = None
+    started: float = field(default_factory=time.time)
+
+    def __post_init__(self):
+        make_config(self.preset)  # unknown preset: fail before any work
+        self.seeds = [int(s) for s in self.seeds]
+        if not self.seeds:
+            raise ValueError("seeds must name at least one seed")
+        out = Path(self.out_dir)
+        self.out = out if out.is_absolute() else (REPO / out)
+        for kind in ("figures", "tables"):
+            (self.out / kind / self.preset).mkdir(parents=True, exist_ok=True)
+        self.eval_config = EVAL_PRESETS[self.preset]
+
+    # ---------------------------------------------------------------- runs
+    def config(self, **overrides) -> Config:
+        return make_config(self.preset, **{"device": self.device, **overrides})
+
+    def run(self, **overrides) -> Path:
+        return ensure_run(self.config(**overrides), root=self.runs_root, progress=True)
+
+    def model(self, **overrides):
+        """(trained model in eval mode on the suite's device, its Config)."""
+        run_dir = self.run(**overrides)
+        return load_model(run_dir, resolve_device(self.config(**overrides)))
+
+    def evaluate(self, run_dir) -> dict:
+        return evaluate_run(run_dir, self.eval_config, progress=False)
+
+    def row(self, **overrides) -> dict:
+        """Train (or fetch) a run, evaluate it; one flat row: its switches, scores, loss and cost."""
+        run_dir = self.run(**overrides)
+        result = self.evaluate(run_dir)
+        summary = json.loads((run_dir / "summary.json").read_text())
+        final = summary["final"] or {}
+        config = result["config"]
+        return {"method": config["method"], "seed": config["seed"], **overrides,
+                **{k: result["scores"]["encoder"][k] for k in SCORES},
+                "loss_rec": final.get("loss_rec"), "loss_hc": final.get("loss_hc"),
+                "train_seconds": summary["train_seconds"], "img_per_s": summary["img_per_s"],
+                "steps": summary["steps"], "run": run_dir.name}
+
+    def baselines(self, **overrides) -> pd.DataFrame:
+        """Random-init encoder and raw-pixel scores of the preset's model and data, one row each."""
+        scores = self.evaluate(self.run(**overrides))["scores"]
+        return pd.DataFrame([{"baseline": name, **{k: v for k, v in s.items() if not k.endswith("_images")}}
+                             for name, s in scores.items() if name != "encoder"])
+
+    def test_images(self, n: int, seed: int = 0, **overrides):
+        """(normalised images on the device, uint8 images, labels): n test images of the preset's data,
+        a fixed random choice per seed."""
+        import torch
+
+        from .data import load_dataset, normalize
+        c = self.config(**overrides)
+        test = load_dataset(c.dataset_kind, "test", c.img_size, c.in_chans, c.download, c.synthetic_size, c.seed)
+        idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
+        raw = test.images[idx].to(resolve_device(c))
+        return normalize(raw, test.name), raw, test.labels[idx]
+
+    def metrics(self, run_dir, kind="step") -> pd.DataFrame:
+        return pd.DataFrame([m for m in read_metrics(run_dir) if m["kind"] == kind])
+
+    # ---------------------------------------------------------------- provenance and outputs
+    def provenance(self) -> dict:
+        dev = resolve_device(self.config())
+        return {**provenance(dev), "device": device_name(dev), "preset": self.preset, "seeds": self.seeds,
+                "notebook": self.notebook, "wall_seconds": round(time.time() - self.started, 1)}
+
+    def provenance_line(self) -> str:
+        p = self.provenance()
+        return (f"{p['notebook']} | preset {p['preset']} | seeds {p['seeds']} | {p['device']} | "
+                f"commit {p['commit']} | {p['date']} | {p['wall_seconds']:.0f} s so far")
+
+    def save_table(self, df: pd.DataFrame, name: str) -> Path:
+        """CSV with the provenance as leading '#' lines (pandas: read_csv(path, comment='#'))."""
+        path = self.out / "tables" / self.preset / f"{name}.csv"
+        header = "".join(f"# {k}: {v}\n" for k, v in self.provenance().items())
+        path.write_text(header + df.to_csv(index=False))
+        return path
+
+    def save_figure(self, fig, name: str) -> Path:
+        path = self.out / "figures" / self.preset / f"{name}.png"
+        fig.text(0.01, 0.002, self.provenance_line(), fontsize=6, color="0.4", ha="left", va="bottom")
+        fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"Comment": self.provenance_line()})
+        return path
+
+    def save_claims(self, claims: list[dict]) -> Path:
+        """The notebook's verdicts on the paper's claims, for results/README.md's headline table."""
+        return self.save_table(pd.DataFrame(claims), f"claims_{self.notebook}")
+
+
+# -------------------------------------------------------------------- statistics and verdicts
+def mean_std(values, scale=100.0, digits=1) -> str:
+    v = np.asarray(values, dtype=float) * scale
+    if len(v) < 2:
+        return f"{v.mean():.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def paired_test(a, b) -> float:
+    """Two-sided paired t-test p-value of a vs b over seeds (nan with fewer than 2 pairs or no spread)."""
+    from scipy.stats import ttest_rel
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if len(a) < 2 or np.allclose(a - b, (a - b)[0]):
+        return float("nan")
+    return float(ttest_rel(a, b).pvalue)
+
+
+def verdict(diff: float, p: float, paper_sign: int, alpha: float = 0.05) -> str:
+    """What a measured difference says about a claim whose direction is `paper_sign` (+1 / -1)."""
+    if diff == 0 or math.isnan(diff):
+        return "no difference measured"
+    agrees = np.sign(diff) == paper_sign
+    significant = not math.isnan(p) and p < alpha
+    if agrees:
+        return "reproduces (paper's direction, p < %.2f)" % alpha if significant else \
+            "paper's direction, not significant"
+    return "contradicts (opposite direction, p < %.2f)" % alpha if significant else \
+        "opposite direction, not significant"
+
+
+def claim(text: str, a, b, paper_sign: int, label_a: str, label_b: str, scale=100.0, unit="points") -> dict:
+    """One headline row: the paper says (a - b) has sign `paper_sign`; a and b are per-seed values."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    digits = 1 if scale >= 100 else 3
+    diff = float((a - b).mean()) * scale
+    p = paired_test(a, b) if len(a) == len(b) else float("nan")
+    return {"claim": text,
+            "measured": f"{label_a} {mean_std(a, scale, digits)} vs {label_b} {mean_std(b, scale, digits)} "
+                        f"({diff:+.{digits + 1}f}{' ' + unit if unit else ''})",
+            "difference": diff, "p_value": p, "seeds": len(a), "verdict": verdict(diff, p, paper_sign)}
