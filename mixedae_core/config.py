@@ -85,9 +85,20 @@ class Config(ModelConfig):
 NOT_IN_RUN_KEY = ("download", "workers", "log_every")
 
 
-def run_key(config: Config, code_version: str) -> str:
-    """A short hash of everything that determines a run's result."""
-    fields = {k: v for k, v in config.to_dict().items() if k not in NOT_IN_RUN_KEY}
+def device_type(device: str) -> str:
+    """'cpu' or 'cuda': what a run computes depends on the kind of device (fp32 vs bf16), not its index."""
+    import torch
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def run_key(config: Config, code_version: str, fields=None) -> str:
+    """A short hash of everything that determines a run's result (or of the named `fields` only)."""
+    fields = {k: v for k, v in config.to_dict().items()
+              if k not in NOT_IN_RUN_KEY and (fields is None or k in fields)}
+    if "device" in fields:
+        fields["device"] = device_type(fields["device"])
     blob = json.dumps({"code": code_version, **fields}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 

@@ -141,6 +141,12 @@ def attention_region(attn: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
     return (flat >= threshold).view_as(attn)
 
 
+# Datasets whose foreground is "pixel > 0" (Fashion-MNIST's background is exactly 0). On natural images
+# nearly every pixel is > 0, so no object IoU is reported for them. The generated test images count too,
+# only so that the smoke preset exercises the code: their numbers mean nothing.
+OBJECT_MASK_DATASETS = ("fashion-mnist", "synthetic")
+
+
 def foreground_patches(images_uint8: torch.Tensor, patch_size: int, threshold: float = 0.5) -> torch.Tensor:
     """Object mask at patch resolution: a patch is foreground when more than `threshold` of its pixels
     are non-zero (Fashion-MNIST's background is exactly 0). [B, C, H, W] -> bool [B, grid, grid]."""
@@ -172,27 +178,32 @@ def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dat
 # ------------------------------------------------------------------------------------------ the MI proxies
 @torch.no_grad()
 def shared_position_loss(model: MixedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
-                         group_size: int = 4):
+                         group_size: int = 4, mix_mode: str = "compose"):
     """Reconstruction loss of each image when every method hides the same positions: the partition drawn
-    from `partition_noise` [B/G, N] shows image b only the positions of its set; MAE gets exactly those
-    positions as its visible set. So MAE and the mixing methods are compared on one pretext.
-    Returns the model output (loss_per_image [B], mask [B, N], ...)."""
+    from `partition_noise` [B/G, N] shows image b the positions it gets in its own sequence under
+    `mix_mode` (compose: set b mod G; full: set 2b mod G); MAE is shown exactly those positions. So MAE
+    and the mixing methods are compared on one pretext. Returns the model output (loss_per_image, mask)."""
     c = model.config
     if c.mixes:
-        if c.group_size != group_size:
-            raise ValueError(f"the model mixes G = {c.group_size} images; asked for G = {group_size}")
+        if (c.group_size, c.mix_mode) != (group_size, mix_mode):
+            raise ValueError(f"the model mixes G = {c.group_size} images in {c.mix_mode} mode; "
+                             f"asked for G = {group_size} in {mix_mode} mode")
         return model(imgs, noise=partition_noise)
-    sets = draw_partition(imgs.shape[0] // group_size, c.num_patches, group_size, partition_noise)
-    slot = torch.arange(imgs.shape[0], device=imgs.device) % group_size
-    hidden = sets[torch.arange(imgs.shape[0], device=imgs.device) // group_size] != slot.unsqueeze(1)
-    # argsort keeps the lowest noise: the image's own set (0) before the rest (1), in position order
-    order = torch.arange(c.num_patches, device=imgs.device) / (2 * c.num_patches)
-    return model(imgs, mask_ratio=1 - 1 / group_size, noise=hidden.float() + order)
+    B, N = imgs.shape[0], c.num_patches
+    sets = draw_partition(B // group_size, N, group_size, partition_noise)
+    slot = torch.arange(B, device=imgs.device) % group_size
+    own_set = slot if mix_mode == "compose" else (2 * slot) % group_size  # see mixing.mix_tokens
+    hidden = sets[torch.arange(B, device=imgs.device) // group_size] != own_set.unsqueeze(1)
+    # argsort keeps the lowest noise: the image's own set (0) before the rest (1), in position order;
+    # the ratio keeps exactly N/G positions (int() of N * (1 - ratio) would round 1/3 down)
+    order = torch.arange(N, device=imgs.device) / (2 * N)
+    return model(imgs, mask_ratio=1 - (N // group_size + 0.5) / N, noise=hidden.float() + order)
 
 
 @torch.no_grad()
 def cross_image_reliance(model: MixedAutoencoderViT, imgs: torch.Tensor, unrelated: torch.Tensor,
-                         partition_noise: torch.Tensor | None = None, group_size: int = 4) -> torch.Tensor:
+                         partition_noise: torch.Tensor | None = None, group_size: int = 4,
+                         mix_mode: str = "compose") -> torch.Tensor:
     """How much each image's reconstruction loss rises when the other images of its group are swapped
     for unrelated images, with the same partition (METHOD.md, the MI argument). Every method hides the
     same positions (`shared_position_loss`), so MAE is measured on the same pretext.
@@ -205,12 +216,13 @@ def cross_image_reliance(model: MixedAutoencoderViT, imgs: torch.Tensor, unrelat
         raise ValueError(f"unrelated images must have the batch's shape {tuple(imgs.shape)}, got {tuple(unrelated.shape)}")
     if partition_noise is None:  # one partition for every pass, so only the neighbours change
         partition_noise = torch.rand(imgs.shape[0] // G, model.config.num_patches, device=imgs.device)
-    base = shared_position_loss(model, imgs, partition_noise, G).loss_per_image
+    base = shared_position_loss(model, imgs, partition_noise, G, mix_mode).loss_per_image
     rise = torch.empty_like(base)
     for slot in range(G):  # keep the images of one slot, replace every other slot's
         swapped = unrelated.clone()
         swapped[slot::G] = imgs[slot::G]
-        rise[slot::G] = shared_position_loss(model, swapped, partition_noise, G).loss_per_image[slot::G] - base[slot::G]
+        rise[slot::G] = (shared_position_loss(model, swapped, partition_noise, G, mix_mode).loss_per_image[slot::G]
+                         - base[slot::G])
     return rise
 
 
@@ -277,8 +289,11 @@ def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, p
     tr = extract_features(model, train.images, train.name, ec.batch_size, progress)
     te = extract_features(model, test.images, test.name, ec.batch_size, progress)
     scores = frozen_scores(tr, train_y, te, test_y, ec, train.num_classes)
-    awareness = object_awareness(model, test.images, test.name, ec.attention_layer, ec.attention_mass, ec.batch_size)
-    return {**scores, "object_iou": awareness.mean().item(), "train_images": len(train), "test_images": len(test)}
+    object_iou = None
+    if train.name in OBJECT_MASK_DATASETS:
+        object_iou = object_awareness(model, test.images, test.name, ec.attention_layer, ec.attention_mass,
+                                      ec.batch_size).mean().item()
+    return {**scores, "object_iou": object_iou, "train_images": len(train), "test_images": len(test)}
 
 
 def mae_twin(config: Config) -> Config:
@@ -291,9 +306,12 @@ def evaluate_baselines(config: Config, ec: EvalConfig, device, root=None, progre
     """Raw pixels and the randomly initialised encoder, evaluated like a run; cached once per
     (sizes, data, seed, recipe) under the run cache, since every run of a comparison shares them."""
     from .config import run_key
+    from .model import ModelConfig
     from .train import runs_root
     base = mae_twin(config)
-    path = Path(root or runs_root()) / "baselines" / f"{run_key(base, EVAL_VERSION + json.dumps(eval_key(ec)))}.json"
+    depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device"}
+    key = run_key(base, EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
+    path = Path(root or runs_root()) / "baselines" / f"{key}.json"
     if path.exists():
         return json.loads(path.read_text())
     torch.manual_seed(config.seed)
@@ -324,6 +342,9 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
             return cached
     if not (run_dir / "checkpoint.pt").exists():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: is it a run directory?")
+    if not (run_dir / "summary.json").exists():
+        raise FileNotFoundError(f"{run_dir} has not finished (no summary.json): resume it first "
+                                "(python -m mixedae_core pretrain --out RUN_DIR --resume ...)")
     _, config = load_model(run_dir)
     dev = torch.device(device) if device else resolve_device(config)
     model, config = load_model(run_dir, dev)

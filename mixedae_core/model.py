@@ -184,6 +184,9 @@ class HomologousAttention(Attention):
     def forward(self, x, attn_mask=None, is_causal=False):
         if self.topk is None and not self.record:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
+        if attn_mask is not None or is_causal or self.gate is not None:
+            raise ValueError("HomologousAttention's TopK/recording path supports neither attn_mask, is_causal "
+                             "nor gated attention")
         B, T, _ = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
@@ -210,14 +213,16 @@ class HomologousAttention(Attention):
 
 
 def topk_accuracy(selection: torch.Tensor | None, src: torch.Tensor) -> torch.Tensor:
-    """Share of the patch keys kept by patch queries that come from the query's own image (chance ~ r).
+    """Share of the patch keys kept by patch queries that come from the query's own image.
 
+    The query's own key is left out (a query nearly always keeps itself, which would lift the score
+    above chance for free); chance is then (rN - 1) / (N - 1), about r.
     selection [E, H, N, 1 + N] from `HomologousAttention` (None: K covers every token, nothing dropped).
     """
-    same_src = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1)  # [E, 1, N, N]
-    if selection is None:
-        return same_src.float().mean()
-    kept = selection[..., 1:]
+    N = src.shape[1]
+    others = ~torch.eye(N, dtype=torch.bool, device=src.device)
+    same_src = ((src.unsqueeze(2) == src.unsqueeze(1)) & others).unsqueeze(1)  # [E, 1, N, N]
+    kept = others.expand_as(same_src) if selection is None else selection[..., 1:] & others
     return (kept & same_src).sum() / kept.sum().clamp(min=1)
 
 
@@ -400,7 +405,7 @@ class MixedAutoencoderViT(nn.Module):
         if seg == "decoder":
             tokens = tokens + visible.unsqueeze(-1) * self.seg_embed[slot].unsqueeze(1)
         pred = self.decode(torch.cat([y[:, :1], tokens], dim=1))
-        mask = (~visible).to(pred.dtype)
+        mask = (~visible).float()  # not pred's dtype: under bf16 autocast the sums of a 0/1 mask round
         loss_rec, loss_per_image = reconstruction_loss(pred, target, mask)
 
         loss_hc = torch.zeros((), device=imgs.device)

@@ -62,14 +62,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
 
 
 # ------------------------------------------------------------------------------------- processes, devices
-def distributed_context():
-    """(rank, world size, local rank) from torchrun's environment; initialises the process group."""
+def distributed_context(config: Config):
+    """(rank, world size, device) from torchrun's environment; initialises the process group
+    (NCCL for CUDA runs, gloo for CPU runs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(config, local_rank)
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("MIXEDAE_BACKEND") != "gloo"
-                                else "gloo")
-    return rank, world, local_rank
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
 
 
 def resolve_device(config: Config, local_rank: int = 0) -> torch.device:
@@ -201,8 +202,7 @@ class StopRequest:
 def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -> dict:
     """Pre-train `config` in `run_dir` (resuming its checkpoint when `resume`); returns the summary."""
     run_dir = Path(run_dir)
-    rank, world, local_rank = distributed_context()
-    device = resolve_device(config, local_rank)
+    rank, world, device = distributed_context(config)
     c = config
     if c.batch_size % (c.accum_steps * world * c.group_size):
         raise ValueError(f"batch_size {c.batch_size} must split into accum_steps x processes = "
@@ -210,12 +210,12 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
     ckpt_path = run_dir / "checkpoint.pt"
     if ckpt_path.exists() and not resume:
         raise RunExistsError(f"{run_dir} already holds a run (checkpoint.pt): resume it, or choose another directory")
+    saved = run_dir / "config.json"
+    if saved.exists() and ckpt_path.exists() and Config(**json.loads(saved.read_text())) != c:
+        raise RunExistsError(f"{run_dir} holds a run with another config (see its config.json); "
+                             "choose another directory")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved = run_dir / "config.json"
-        if saved.exists() and ckpt_path.exists() and json.loads(saved.read_text()) != c.to_dict():
-            raise RunExistsError(f"{run_dir} holds a run with another config (see its config.json); "
-                                 "choose another directory")
         saved.write_text(json.dumps(c.to_dict(), indent=1))
 
     torch.manual_seed(c.seed)
@@ -237,7 +237,9 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
             print(f"resuming {run_dir} at step {state['step']} of {total}", flush=True)
         if rank == 0:  # drop metric lines written after the checkpoint (they will be written again)
             kept = [m for m in read_metrics(run_dir) if m["step"] < state["step"]]
-            (run_dir / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in kept))
+            tmp = run_dir / "metrics.jsonl.tmp"
+            tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
+            os.replace(tmp, run_dir / "metrics.jsonl")
     elif rank == 0:
         (run_dir / "metrics.jsonl").write_text("")
 

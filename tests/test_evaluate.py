@@ -83,13 +83,17 @@ def test_attention_maps_and_object_awareness_on_a_model():
     assert scores.shape == (12,) and ((scores >= 0) & (scores <= 1)).all()
 
 
-def test_shared_position_loss_hides_the_same_positions_in_every_method():
+@pytest.mark.parametrize("mode", ["compose", "full"])
+def test_shared_position_loss_hides_the_same_positions_in_every_method(mode):
     images = make_synthetic(8, img_size=16).images.float() / 255
     noise = torch.rand(2, 16)
-    outs = {m: shared_position_loss(build_model(make_config("smoke", method=m)).eval(), images, noise)
+    outs = {m: shared_position_loss(build_model(make_config("smoke", method=m, **({} if m == "mae" else {"mix_mode": mode}))).eval(),
+                                    images, noise, 4, mode)
             for m in ("mae", "naive", "mixedae")}
     assert torch.equal(outs["mae"].mask, outs["naive"].mask) and torch.equal(outs["mae"].mask, outs["mixedae"].mask)
     assert torch.equal(outs["mae"].mask.sum(1), torch.full((8,), 12.0))
+    with pytest.raises(ValueError, match="mode"):
+        shared_position_loss(build_model(make_config("smoke", method="naive")), images, noise, 4, "full")
 
 
 def test_finetune_learns_synthetic_classes():
@@ -134,3 +138,13 @@ def test_evaluate_cli(smoke_run, capsys, tmp_path):
     with pytest.raises(SystemExit) as info:
         main(["evaluate", str(smoke_run), "--knn_k", "many"])
     assert info.value.code == 2
+
+
+def test_unfinished_runs_are_not_evaluated(smoke_run, tmp_path):
+    import shutil
+    unfinished = tmp_path / "unfinished"
+    shutil.copytree(smoke_run, unfinished)
+    (unfinished / "summary.json").unlink()
+    (unfinished / "eval.json").unlink(missing_ok=True)
+    with pytest.raises(FileNotFoundError, match="has not finished"):
+        evaluate_run(unfinished, EvalConfig(batch_size=64), progress=False)

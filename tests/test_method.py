@@ -11,7 +11,7 @@ from mixedae_core import ModelConfig, build_model, encoder_state_dict
 from mixedae_core.evaluate import cross_image_reliance
 from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
-from mixedae_core.model import HomologousAttention
+from mixedae_core.model import HomologousAttention, topk_accuracy
 
 TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # N = 16 positions
@@ -127,9 +127,10 @@ def test_topk_keeps_the_largest_logits():
 
 
 # ---------------------------------------------------------------- unmixing and decoder
-def test_decoder_never_sees_another_images_tokens():
+@pytest.mark.parametrize("mode", ["compose", "full"])
+def test_decoder_never_sees_another_images_tokens(mode):
     """With an identity encoder (depth 0) image g's prediction depends on image g alone."""
-    model = build_model(tiny("naive", depth=0)).eval()
+    model = build_model(tiny("naive", depth=0, mix_mode=mode)).eval()
     x = images(8)
     noise = torch.rand(2, 16)
     y = x.clone()
@@ -139,7 +140,7 @@ def test_decoder_never_sees_another_images_tokens():
     torch.testing.assert_close(a.pred[[0, 2, 3]], b.pred[[0, 2, 3]], rtol=0, atol=0)
     assert not torch.allclose(a.pred[1], b.pred[1])
     # Control: with a real (global-attention) encoder the neighbours do leak in; the check above can fail.
-    leaky = build_model(tiny("naive")).eval()
+    leaky = build_model(tiny("naive", mix_mode=mode)).eval()
     with torch.no_grad():
         assert not torch.allclose(leaky(x, noise=noise).pred[0], leaky(y, noise=noise).pred[0])
 
@@ -265,11 +266,23 @@ def test_topk_accuracy_diagnostic():
     with torch.no_grad():
         out = model(images(8), diagnostics=True)
     assert out.topk_acc.shape == (2,) and ((0 <= out.topk_acc) & (out.topk_acc <= 1)).all()
-    # K = all tokens keeps every key: the accuracy is the share of same-source patch pairs, 4*4*4/16^2.
+    # K = all tokens keeps every key: the accuracy is the share of same-source pairs among the other
+    # patches, (rN - 1) / (N - 1) = 3 / 15.
     everything = build_model(tiny("mixedae", topk=17)).eval()
     with torch.no_grad():
         out = everything(images(8), diagnostics=True)
-    torch.testing.assert_close(out.topk_acc, torch.full((2,), 0.25))
+    torch.testing.assert_close(out.topk_acc, torch.full((2,), 3 / 15))
+
+
+def test_topk_accuracy_counts_kept_same_source_keys():
+    src = torch.tensor([[0, 0, 1, 1]])
+    selection = torch.zeros(1, 1, 4, 5, dtype=torch.bool)  # [E, H, patch queries, [CLS] + patch keys]
+    selection[0, 0, 0, [0, 1, 2]] = True   # query 0 keeps [CLS], itself, patch 1 (same image)
+    selection[0, 0, 1, [2, 3, 4]] = True   # query 1 keeps itself, patch 2, patch 3 (other image)
+    selection[0, 0, 2, [1, 4]] = True      # query 2 keeps patch 0 (other), patch 3 (same)
+    selection[0, 0, 3, [4]] = True         # query 3 keeps only itself
+    # kept patch keys other than the query itself: q0 {1: same}, q1 {2, 3: other}, q2 {0: other, 3: same}
+    assert topk_accuracy(selection, src).item() == pytest.approx(2 / 5)
 
 
 def test_attention_maps_for_mixed_sequences_and_single_images():
