@@ -110,7 +110,7 @@ class ModelConfig:
                 if getattr(self, name) is not None:
                     bad(f"{name} is a MixedAE switch; use method='mixedae' or leave {name}=None")
             if self.seg_embed not in (None, "none"):
-                bad(f"seg_embed is a MixedAE switch; use method='mixedae' or leave seg_embed=None")
+                bad("seg_embed is a MixedAE switch; use method='mixedae' or leave seg_embed=None")
         if self.method == "mae" and self.mix_mode != "compose":
             bad("mix_mode is a mixing switch; method='mae' does not mix")
         if not self.mixes:

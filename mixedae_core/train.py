@@ -11,7 +11,6 @@ batches of one uninterrupted single-process run (for device-resident datasets).
 """
 import contextlib
 import json
-import math
 import os
 import signal
 import threading
