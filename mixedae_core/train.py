@@ -232,9 +232,8 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
         optimizer.load_state_dict(ckpt["optimizer"])
         state = ckpt["state"]
         torch.set_rng_state(ckpt["rng"]["torch"])
-        if rank == 0:
+        if rank == 0:  # and drop metric lines written after the checkpoint (they will be written again)
             print(f"resuming {run_dir} at step {state['step']} of {total}", flush=True)
-        if rank == 0:  # drop metric lines written after the checkpoint (they will be written again)
             kept = [m for m in read_metrics(run_dir) if m["step"] < state["step"]]
             tmp = run_dir / "metrics.jsonl.tmp"
             tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
