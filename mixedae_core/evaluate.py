@@ -15,12 +15,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, run_key
 from .data import TensorDataset, load_dataset, normalize, random_resized_crop_flip
 from .mixing import draw_partition
-from .model import MixedAutoencoderViT, build_model, timm_encoder
+from .model import MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
 from .provenance import provenance
-from .train import load_model, lr_schedule, resolve_device
+from .train import load_model, lr_schedule, resolve_device, runs_root, write_text_atomic
 
 EVAL_VERSION = "1"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
 
@@ -305,9 +305,6 @@ def mae_twin(config: Config) -> Config:
 def evaluate_baselines(config: Config, ec: EvalConfig, device, root=None, progress: bool = False) -> dict:
     """Raw pixels and the randomly initialised encoder, evaluated like a run; cached once per
     (sizes, data, seed, recipe) under the run cache, since every run of a comparison shares them."""
-    from .config import run_key
-    from .model import ModelConfig
-    from .train import runs_root
     base = mae_twin(config)
     depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device"}
     key = run_key(base, EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
@@ -323,9 +320,7 @@ def evaluate_baselines(config: Config, ec: EvalConfig, device, root=None, progre
                            ec, train.num_classes)
     result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(result, indent=1))
     return result
 
 
@@ -345,7 +340,7 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
     if not (run_dir / "summary.json").exists():
         raise FileNotFoundError(f"{run_dir} has not finished (no summary.json): resume it first "
                                 "(python -m mixedae_core pretrain --out RUN_DIR --resume ...)")
-    _, config = load_model(run_dir)
+    config = Config(**json.loads((run_dir / "config.json").read_text()))  # to pick the device before loading
     dev = torch.device(device) if device else resolve_device(config)
     model, config = load_model(run_dir, dev)
     scores = {"encoder": evaluate_model(model, config, ec, progress)}
@@ -353,7 +348,5 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
         scores.update(evaluate_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
     result = {"run": run_dir.name, "eval": eval_key(ec), "config": config.to_dict(), "scores": scores,
               "provenance": provenance(dev)}
-    tmp = path.with_name("eval.json.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    tmp.replace(path)
+    write_text_atomic(path, json.dumps(result, indent=1))
     return result

@@ -159,6 +159,13 @@ def save_atomic(obj, path: Path):
     os.replace(tmp, path)
 
 
+def write_text_atomic(path: Path, text: str):
+    """Readers never see a half-written file: write beside it, then rename."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def read_metrics(run_dir: Path) -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.exists():
@@ -235,9 +242,7 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
         if rank == 0:  # and drop metric lines written after the checkpoint (they will be written again)
             print(f"resuming {run_dir} at step {state['step']} of {total}", flush=True)
             kept = [m for m in read_metrics(run_dir) if m["step"] < state["step"]]
-            tmp = run_dir / "metrics.jsonl.tmp"
-            tmp.write_text("".join(json.dumps(m) + "\n" for m in kept))
-            os.replace(tmp, run_dir / "metrics.jsonl")
+            write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
     elif rank == 0:
         (run_dir / "metrics.jsonl").write_text("")
 
