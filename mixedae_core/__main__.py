@@ -2,6 +2,9 @@
 
     python -m mixedae_core pretrain --preset cpu --method mixedae --epochs 3 ...
     python -m mixedae_core evaluate RUN_DIR [--train_subset 10000 ...]
+    python -m mixedae_core record --preset gpu --method mixedae --seed 1   (train, evaluate, record in results/runs/)
+    python -m mixedae_core campaign --preset gpu --workers 6 --budget 480  (every run the notebooks need)
+    python -m mixedae_core reproduce --preset gpu --workers 6              (campaign, then the notebooks)
 
 Every Config (pretrain) or EvalConfig (evaluate) field is an option under its own name. torchrun works as
 it is: `torchrun --nproc_per_node 8 -m mixedae_core pretrain --preset imagenet --dataset imagefolder:/data/train`.
@@ -89,29 +92,86 @@ def evaluate(argv):
     print(f"written to {args.run_dir}/eval.json")
 
 
-def reproduce(argv):
-    from .reproduce import NOTEBOOKS, run_notebooks
-    parser = Parser(prog="python -m mixedae_core reproduce", fields_of=None,
-                    extra="--preset P, --out DIR, --device D, --only 01,02", description="Execute the ablation notebooks and write results/.")
+def record(argv):
+    parser = Parser(prog="python -m mixedae_core record", extra="--preset P, --out_dir DIR, --no-progress, ",
+                    description="Train (or fetch) one run, evaluate it with its preset's recipe and write its record "
+                                "to OUT_DIR/runs/PRESET/ (config, metrics, summary, eval.json).")
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
-    parser.add_argument("--out", default="results")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--only", default="", help=f"comma-separated notebook prefixes of {', '.join(NOTEBOOKS)}")
+    parser.add_argument("--out_dir", default="results")
+    parser.add_argument("--no-progress", action="store_true")
+    add_fields(parser, Config)
     args = parser.parse_args(argv)
+    overrides = field_overrides(parser, args, Config)
     try:
-        run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o])
+        make_config(args.preset, **overrides).validate()
     except ValueError as err:
+        parser.error(str(err).rstrip("."))
+    from .data import DatasetError
+    from .suite import Suite
+    suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out_dir,
+                  notebook="record", progress=not args.no_progress)
+    try:
+        print(suite.record(**overrides))
+    except DatasetError as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(2)
 
 
-COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "reproduce": reproduce}
+def _suite_options(parser):
+    parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
+    parser.add_argument("--out", default="results")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--workers", type=int, default=1, help="runs trained side by side (processes)")
+    parser.add_argument("--budget", type=float, default=None, help="seconds; stop starting runs, then stop them")
+
+
+def campaign(argv):
+    from .campaign import run_campaign
+    from .reproduce import SEEDS
+    parser = Parser(prog="python -m mixedae_core campaign", fields_of=None,
+                    extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS",
+                    description="Train and record every run the notebooks need, several side by side.")
+    _suite_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        result = run_campaign(args.preset, SEEDS[args.preset], args.out, device=args.device, workers=args.workers,
+                              budget_s=args.budget)
+    except ValueError as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2)
+    if result["failed"]:
+        raise SystemExit(1)
+    if not result["complete"]:
+        raise SystemExit(3)
+
+
+def reproduce(argv):
+    from .reproduce import NOTEBOOKS, CampaignIncomplete, run_notebooks
+    parser = Parser(prog="python -m mixedae_core reproduce", fields_of=None,
+                    extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS, --only 01,02",
+                    description="Train and record the runs (campaign), execute the ablation notebooks, write results/.")
+    _suite_options(parser)
+    parser.add_argument("--only", default="", help=f"comma-separated notebook prefixes of {', '.join(NOTEBOOKS)} "
+                                                   "(skips the campaign: the notebooks train what they need)")
+    args = parser.parse_args(argv)
+    try:
+        run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
+                      workers=args.workers, budget_s=args.budget)
+    except ValueError as err:
+        sys.stderr.write(f"error: {err}\n")
+        raise SystemExit(2)
+    except CampaignIncomplete as err:
+        sys.stderr.write(f"{err}\n")
+        raise SystemExit(3)
+
+
+COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "record": record, "campaign": campaign, "reproduce": reproduce}
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if not argv or argv[0] not in COMMANDS:
-        sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate,reproduce} ...  (--help after the command for its options)\n")
+        sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate,record,campaign,reproduce} ...  (--help after the command for its options)\n")
         raise SystemExit(2)
     COMMANDS[argv[0]](argv[1:])
 

@@ -16,13 +16,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .config import Config, run_key
-from .data import TensorDataset, load_dataset, normalize, random_resized_crop_flip
+from .data import TensorDataset, epoch_order, load_dataset, normalize, random_resized_crop_flip
 from .mixing import draw_partition
 from .model import MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
 from .provenance import provenance
 from .train import load_model, lr_schedule, resolve_device, runs_root, write_text_atomic
 
-EVAL_VERSION = "1"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
+EVAL_VERSION = "2"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
 
 
 @dataclass
@@ -38,6 +38,7 @@ class EvalConfig:
     attention_mass: float = 0.6       # the attention region holds this share of the [CLS] attention
     batch_size: int = 500
     baselines: bool = True            # also evaluate raw pixels and a randomly initialised encoder
+    pretext_images: int = 512         # test images for the loss on shared positions and the cross-image reliance
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -281,8 +282,10 @@ def _splits(config: Config, ec: EvalConfig):
             load_dataset(config.dataset_kind, "test", *args).subset(ec.test_subset))
 
 
-def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, progress: bool = False) -> dict:
-    """kNN and linear probe on [CLS] and mean-pooled features, and the object-awareness IoU."""
+def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, progress: bool = False,
+                   pretext: bool = True) -> dict:
+    """kNN and linear probe on [CLS] and mean-pooled features, the object-awareness IoU and, with
+    `pretext`, the pretext measurements of `pretext_scores`."""
     device = next(model.parameters()).device
     train, test = _splits(config, ec)
     train_y, test_y = train.labels.to(device), test.labels.to(device)
@@ -293,7 +296,35 @@ def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, p
     if train.name in OBJECT_MASK_DATASETS:
         object_iou = object_awareness(model, test.images, test.name, ec.attention_layer, ec.attention_mass,
                                       ec.batch_size).mean().item()
-    return {**scores, "object_iou": object_iou, "train_images": len(train), "test_images": len(test)}
+    extra = pretext_scores(model, config, test, ec.pretext_images) if pretext else {}
+    return {**scores, "object_iou": object_iou, **extra, "train_images": len(train), "test_images": len(test)}
+
+
+@torch.no_grad()
+def pretext_scores(model: MixedAutoencoderViT, config: Config, test: TensorDataset, n_images: int) -> dict:
+    """The pretext measurements of the MI argument, on fixed test images (the same for every run):
+    the reconstruction loss when every method hides the same positions, and the cross-image reliance,
+    each with the images laid out as random groups and as same-class groups of G.
+    Keys: shared_loss_random, shared_loss_class, reliance_random, reliance_class."""
+    device = next(model.parameters()).device
+    G, N = round(1 / config.mix_ratio), config.num_patches  # the mixing methods' G; MAE sees the same groups
+    n = min(n_images, len(test) // 2) // G * G
+    if n == 0:
+        raise ValueError(f"pretext scores need at least 2 x G = {2 * G} test images, the test split has {len(test)}")
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:2 * n]
+    images = normalize(test.images[pick].to(device), test.name)
+    batch, unrelated, labels = images[:n], images[n:], test.labels[pick[:n]]
+    noise = torch.rand(n // G, N, generator=torch.Generator().manual_seed(0)).to(device)
+    layouts = {"random": torch.arange(n),
+               "class": epoch_order(labels, G, G, "class", torch.Generator().manual_seed(0))}
+    scores = {}
+    for layout, order in layouts.items():
+        x = batch[order.to(device)]
+        m = len(x) // G * G  # same-class groups can leave a few images out
+        x, u, nz = x[:m], unrelated[:m], noise[:m // G]
+        scores[f"shared_loss_{layout}"] = shared_position_loss(model, x, nz, G, config.mix_mode).loss_per_image.mean().item()
+        scores[f"reliance_{layout}"] = cross_image_reliance(model, x, u, nz, G, config.mix_mode).mean().item()
+    return scores
 
 
 def mae_twin(config: Config) -> Config:
@@ -313,7 +344,7 @@ def evaluate_baselines(config: Config, ec: EvalConfig, device, root=None, progre
         return json.loads(path.read_text())
     torch.manual_seed(config.seed)
     random_init = build_model(base).to(device)
-    result = {"random_init": evaluate_model(random_init, base, ec, progress)}
+    result = {"random_init": evaluate_model(random_init, base, ec, progress, pretext=False)}
     train, test = _splits(config, ec)
     pixels = frozen_scores({"pixels": pixel_features(train.images.to(device), train.name)}, train.labels.to(device),
                            {"pixels": pixel_features(test.images.to(device), test.name)}, test.labels.to(device),

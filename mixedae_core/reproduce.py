@@ -1,10 +1,11 @@
-"""`make reproduce`: execute the ablation notebooks through papermill and write results/README.md.
+"""`make reproduce`: train and record the runs (campaign.py), execute the ablation notebooks through
+papermill, write results/README.md.
 
-    python -m mixedae_core reproduce --preset cpu [--out results] [--only 01,05] [--device cuda]
+    python -m mixedae_core reproduce --preset cpu [--out results] [--workers 1] [--budget S] [--only 01,05]
 
 Each notebook gets `preset`, `seeds`, `device`, `out_dir`; a parameter a notebook does not declare is
-an error (papermill alone would only warn). Runs are shared through the run cache, so an interrupted
-reproduce continues where it stopped.
+an error (papermill alone would only warn). Runs are shared through the run cache and the records, so an
+interrupted reproduce continues where it stopped.
 """
 import json
 import time
@@ -26,9 +27,15 @@ def notebook_parameters(path: Path) -> set:
     return set(papermill.inspect_notebook(str(path)))
 
 
+class CampaignIncomplete(RuntimeError):
+    pass
+
+
 def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=None, extra: dict | None = None,
-                  runs_root: str | None = None, progress: bool = True) -> dict:
-    """Execute the notebooks; returns {notebook: wall seconds}. `extra` adds parameters to every notebook."""
+                  runs_root: str | None = None, progress: bool = True, workers: int = 1,
+                  budget_s: float | None = None) -> dict:
+    """The campaign (unless `only` picks notebooks), then the notebooks; returns {notebook: wall seconds}.
+    `extra` adds parameters to every notebook."""
     import papermill
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
@@ -36,6 +43,14 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
     names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
     if only and not names:
         raise ValueError(f"--only {','.join(only)} matches no notebook of {', '.join(NOTEBOOKS)}")
+    if not only:
+        from .campaign import run_campaign
+        result = run_campaign(preset, SEEDS[preset], out, runs_root, device, workers, budget_s, progress=progress)
+        if not result["complete"]:
+            raise CampaignIncomplete(
+                f"{len(result['failed'])} run(s) failed, {len(result['left'])} "
+                f"still pending after the budget: the notebooks were not run. Run the same command again to "
+                f"continue (finished runs are recorded in {out / 'runs' / preset}).")
     executed = out / "notebooks" / preset
     executed.mkdir(parents=True, exist_ok=True)
     timings = {}

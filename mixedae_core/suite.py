@@ -1,5 +1,10 @@
-"""What the ablation notebooks share: runs through the run cache, evaluations, statistics, and tables
+"""What the ablation notebooks share: runs through the run cache, their records, statistics, and tables
 and figures that carry their provenance. Notebooks stay thin: parameters, calls into this, plots, text.
+
+A run's record, results/runs/<preset>/<run name>/, holds its config.json, metrics.jsonl, summary.json and
+eval.json, and no checkpoint: small enough to commit. Tables come from records, so committed records
+regenerate every table without training; only the figures that draw a model need its checkpoint (and
+train it when it is missing).
 """
 import json
 import math
@@ -11,9 +16,9 @@ import numpy as np
 import pandas as pd
 
 from .config import Config, make_config
-from .evaluate import EvalConfig, evaluate_run
+from .evaluate import EvalConfig, eval_key, evaluate_run
 from .provenance import REPO, device_name, provenance
-from .train import ensure_run, load_model, read_metrics, resolve_device
+from .train import ensure_run, load_model, read_metrics, resolve_device, run_dir_for, write_text_atomic
 
 EVAL_PRESETS = {  # the evaluation recipe of each preset: subsets keep the CPU suite inside its budget
     "smoke": EvalConfig(batch_size=64, probe_max_iter=50),
@@ -21,7 +26,21 @@ EVAL_PRESETS = {  # the evaluation recipe of each preset: subsets keep the CPU s
     "gpu": EvalConfig(batch_size=2000),
     "imagenet": EvalConfig(),
 }
-SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou")
+SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou",
+          "shared_loss_random", "shared_loss_class", "reliance_random", "reliance_class")
+RECORD_FILES = ("config.json", "metrics.jsonl", "summary.json", "eval.json")  # eval.json last: it marks a whole record
+
+
+def record_is_current(record: Path, ec: EvalConfig) -> bool:
+    if not all((record / name).exists() for name in RECORD_FILES):
+        return False
+    return json.loads((record / "eval.json").read_text()).get("eval") == eval_key(ec)
+
+
+def export_record(run_dir: Path, record: Path):
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        write_text_atomic(record / name, (Path(run_dir) / name).read_text())
 
 
 @dataclass
@@ -33,6 +52,7 @@ class Suite:
     out_dir: str = "results"
     notebook: str = "notebook"
     runs_root: str | None = None
+    progress: bool = True
     started: float = field(default_factory=time.time)
 
     def __post_init__(self):
@@ -45,38 +65,55 @@ class Suite:
         for kind in ("figures", "tables"):
             (self.out / kind / self.preset).mkdir(parents=True, exist_ok=True)
         self.eval_config = EVAL_PRESETS[self.preset]
+        self.records = self.out / "runs" / self.preset
 
     # ---------------------------------------------------------------- runs
     def config(self, **overrides) -> Config:
         return make_config(self.preset, **{"device": self.device, **overrides})
 
     def run(self, **overrides) -> Path:
-        return ensure_run(self.config(**overrides), root=self.runs_root, progress=True)
+        """The run directory (with its checkpoint): cached, resumed or trained."""
+        return ensure_run(self.config(**overrides), root=self.runs_root, progress=self.progress)
 
     def model(self, **overrides):
         """(trained model in eval mode on the suite's device, its Config)."""
         run_dir = self.run(**overrides)
         return load_model(run_dir, resolve_device(self.config(**overrides)))
 
-    def evaluate(self, run_dir) -> dict:
-        return evaluate_run(run_dir, self.eval_config, progress=False)
+    def record_path(self, **overrides) -> Path:
+        return self.records / run_dir_for(self.config(**overrides), self.runs_root).name
+
+    def has_record(self, **overrides) -> bool:
+        return record_is_current(self.record_path(**overrides), self.eval_config)
+
+    def record(self, **overrides) -> Path:
+        """The run's current record; a missing or outdated one is made from the run (trained if needed)."""
+        record = self.record_path(**overrides)
+        if not record_is_current(record, self.eval_config):
+            run_dir = self.run(**overrides)
+            evaluate_run(run_dir, self.eval_config, progress=False)
+            export_record(run_dir, record)
+        return record
+
+    def evaluation(self, **overrides) -> dict:
+        return json.loads((self.record(**overrides) / "eval.json").read_text())
 
     def row(self, **overrides) -> dict:
-        """Train (or fetch) a run, evaluate it; one flat row: its switches, scores, loss and cost."""
-        run_dir = self.run(**overrides)
-        result = self.evaluate(run_dir)
-        summary = json.loads((run_dir / "summary.json").read_text())
+        """One flat row of a run (from its record): its switches, scores, final losses and cost."""
+        record = self.record(**overrides)
+        result = json.loads((record / "eval.json").read_text())
+        summary = json.loads((record / "summary.json").read_text())
         final = summary["final"] or {}
         config = result["config"]
         return {"method": config["method"], "seed": config["seed"], **overrides,
                 **{k: result["scores"]["encoder"][k] for k in SCORES},
                 "loss_rec": final.get("loss_rec"), "loss_hc": final.get("loss_hc"),
                 "train_seconds": summary["train_seconds"], "img_per_s": summary["img_per_s"],
-                "steps": summary["steps"], "run": run_dir.name}
+                "steps": summary["steps"], "run": record.name}
 
     def baselines(self, **overrides) -> pd.DataFrame:
         """Random-init encoder and raw-pixel scores of the preset's model and data, one row each."""
-        scores = self.evaluate(self.run(**overrides))["scores"]
+        scores = self.evaluation(**overrides)["scores"]
         return pd.DataFrame([{"baseline": name, **{k: v for k, v in s.items() if not k.endswith("_images")}}
                              for name, s in scores.items() if name != "encoder"])
 
@@ -92,8 +129,9 @@ class Suite:
         raw = test.images[idx].to(resolve_device(c))
         return normalize(raw, test.name), raw, test.labels[idx]
 
-    def metrics(self, run_dir, kind="step") -> pd.DataFrame:
-        return pd.DataFrame([m for m in read_metrics(run_dir) if m["kind"] == kind])
+    def metrics(self, kind="step", **overrides) -> pd.DataFrame:
+        """The logged training metrics of a run (from its record)."""
+        return pd.DataFrame([m for m in read_metrics(self.record(**overrides)) if m["kind"] == kind])
 
     # ---------------------------------------------------------------- provenance and outputs
     def provenance(self) -> dict:

@@ -5,13 +5,27 @@ import math
 import pandas as pd
 import pytest
 
-from mixedae_core.reproduce import NOTEBOOKS, run_notebooks
+from mixedae_core.campaign import k_values, planned_runs, run_campaign
+from mixedae_core.config import make_config
+from mixedae_core.reproduce import NOTEBOOKS, SEEDS, CampaignIncomplete, run_notebooks
 from mixedae_core.suite import claim, mean_std, paired_test, verdict
 
 
-def test_every_notebook_runs_at_smoke_and_writes_results(tmp_path):
-    timings = run_notebooks("smoke", tmp_path, runs_root=str(tmp_path / "runs"), progress=False)
+def run_dirs(root):
+    return {p.name for p in root.iterdir() if p.is_dir() and p.name not in ("logs", "baselines")} if root.exists() else set()
+
+
+def test_campaign_then_every_notebook_at_smoke_and_tables_again_from_records_alone(tmp_path):
+    runs = tmp_path / "runs-cache"
+    timings = run_notebooks("smoke", tmp_path, runs_root=str(runs), progress=False, workers=2)
     assert list(timings) == list(NOTEBOOKS)
+    campaign = json.loads((tmp_path / "tables" / "smoke" / "campaign_log.json").read_text())[-1]
+    plan = planned_runs("smoke", SEEDS["smoke"])
+    assert campaign["complete"] and len(campaign["trained"]) == len(plan) and not campaign["failed"]
+    records = {p.name for p in (tmp_path / "runs" / "smoke").iterdir()}
+    assert len(records) == len(plan)
+    # the plan is exactly what the notebooks use: they trained no run of their own
+    assert run_dirs(runs) == records
     for name in NOTEBOOKS:
         assert (tmp_path / "notebooks" / "smoke" / f"{name}.ipynb").exists()
     tables = tmp_path / "tables" / "smoke"
@@ -24,6 +38,38 @@ def test_every_notebook_runs_at_smoke_and_writes_results(tmp_path):
     readme = (tmp_path / "README.md").read_text()
     assert "| notebook | claim |" in readme and "figures/smoke/01_transfer.png" in readme
     assert set(json.loads((tables / "reproduce_log.json").read_text())) == set(NOTEBOOKS)
+
+    # committed records alone (no checkpoints) regenerate the tables of 01-04 without training anything
+    before = {name: pd.read_csv(tables / f"{name}.csv", comment="#")
+              for name in ("01_transfer", "02_mi_proxies", "03_k_transfer", "04_compose_vs_full")}
+    fresh = tmp_path / "fresh-cache"
+    run_notebooks("smoke", tmp_path, runs_root=str(fresh), only=["01", "02", "03", "04"], progress=False)
+    assert run_dirs(fresh) == set()
+    for name, table in before.items():
+        pd.testing.assert_frame_equal(pd.read_csv(tables / f"{name}.csv", comment="#"), table)
+    again = run_campaign("smoke", SEEDS["smoke"], tmp_path, str(fresh), progress=False)
+    assert again["complete"] and again["recorded_before"] == len(plan) and not again["trained"]
+
+
+def test_campaign_with_no_budget_left_starts_nothing_and_reproduce_stops_before_the_notebooks(tmp_path):
+    result = run_campaign("smoke", [0], tmp_path, str(tmp_path / "runs-cache"), budget_s=0, progress=False)
+    assert not result["complete"] and len(result["left"]) == len(planned_runs("smoke", [0])) and not result["trained"]
+    with pytest.raises(CampaignIncomplete, match="Run the same command again"):
+        run_notebooks("smoke", tmp_path, runs_root=str(tmp_path / "runs-cache"), budget_s=0, progress=False)
+    assert not (tmp_path / "notebooks" / "smoke" / "00_tour.ipynb").exists()
+
+
+def test_planned_runs_cover_every_method_seed_and_the_ablations():
+    plan = planned_runs("smoke", [0, 1, 2])
+    assert {(o["method"], o["seed"]) for o in plan if len(o) == 2} == \
+        {(m, s) for m in ("mae", "naive", "mixedae") for s in (0, 1, 2)}
+    config = make_config("smoke", method="mixedae")
+    assert sorted(o["topk"] for o in plan if "topk" in o) == \
+        sorted(k for k in k_values(config) if k != config.resolved_topk)
+    full = [o for o in plan if o.get("mix_mode") == "full"]
+    # smoke: 128 images / batch 16 = 8 steps per epoch, 2 epochs; equal compute = 16 / G steps
+    assert [o.get("max_steps") for o in full] == [None, 16 // 4]
+    assert len(plan) == len({tuple(sorted(o.items())) for o in plan})
 
 
 def test_unknown_notebook_parameter_is_an_error(tmp_path):
