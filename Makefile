@@ -38,10 +38,10 @@ data:
 	  exit 1; \
 	fi
 
-# Step time of every method, alternated in one process (CPU, or CUDA in bf16 when present).
+# Training-step img/s and peak memory of every method, and ViT-B/16 MFU, on this machine's device
+# (CUDA in bf16 when present): results/tables/bench.csv.
 bench: $(STAMP)
-	$(PY) benchmarks/step_time.py --model cpu
-	$(PY) benchmarks/step_time.py --model tiny
+	$(PY) benchmarks/bench.py
 
 # The ablation notebooks through papermill: results/{notebooks,figures,tables}/$(PRESET) and results/README.md.
 # PRESET=smoke (synthetic data, minutes), cpu (default, Fashion-MNIST), gpu (needs CUDA).

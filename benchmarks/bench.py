@@ -1,0 +1,189 @@
+"""`make bench`: training-step throughput and peak memory of every method, and the MFU of ViT-B/16.
+
+    python benchmarks/bench.py [--device cuda|cpu] [--out results/tables/bench.csv] [--compile]
+
+1. The preset model of the device (`gpu` preset on CUDA, `cpu` preset on a CPU) at its preset batch: one
+   full training step (forward, backward, AdamW; bf16 autocast on CUDA; data already on the device) of
+   MAE, naive mixing, MixedAE compose and full, alternated step by step so that drift hits all alike.
+   img/s, median step time, ratio to MAE, peak memory (CUDA: max allocated; CPU: peak RSS of a process
+   that runs one step of that method alone).
+2. ViT-B/16 at 224 px (the paper's model), MAE and MixedAE: FLOPs of one step counted by torch's
+   FlopCounterMode (forward + backward, as executed), divided by the median step time, over the
+   device's dense bf16 peak (known GPUs only; none for CPUs): the model FLOP utilisation.
+
+Rows replace those of the same device in the CSV; every row carries its provenance.
+"""
+import argparse
+import dataclasses
+import statistics
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.utils.flop_counter import FlopCounterMode
+
+from mixedae_core import build_model
+from mixedae_core.config import make_config
+from mixedae_core.provenance import REPO, device_name, provenance
+from mixedae_core.train import param_groups
+
+VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
+            "mixedae_full": dict(method="mixedae", mix_mode="full")}
+VIT_B = dict(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
+             decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
+# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), FLOP/s.
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12,
+             "L40S": 362e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+
+
+def peak_flops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_BF16.items() if k in name), None)
+
+
+class Step:
+    """One training step of a model on fixed on-device images: forward, backward, AdamW."""
+
+    def __init__(self, config, batch: int, device: torch.device, compile_model: bool):
+        torch.manual_seed(0)
+        self.model = build_model(config).to(device).train()
+        fused = {"fused": True} if device.type == "cuda" else {}
+        self.opt = torch.optim.AdamW(param_groups(self.model, 0.05), lr=1e-4, **fused)
+        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.images = torch.randn(batch, config.in_chans, config.img_size, config.img_size, device=device)
+        self.device = device
+
+    def __call__(self):
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
+            loss = self.forward(self.images).loss
+        loss.backward()
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def timed(self) -> float:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        t0 = time.perf_counter()
+        self()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+
+def time_alternated(steps: dict, n: int, warmup: int) -> dict:
+    times = {name: [] for name in steps}
+    for i in range(warmup + n):
+        for name, step in steps.items():
+            t = step.timed()
+            if i >= warmup:
+                times[name].append(t)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def _proc_status_mib(key: str) -> float:
+    # /proc, not getrusage: Linux carries ru_maxrss across exec, so a child would report its parent's peak
+    status = Path("/proc/self/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith(key + ":")) / 1024
+
+
+def _cpu_peak_rss_mib(config_dict: dict, batch: int) -> float:
+    """Peak resident memory of a fresh process running two steps (the optimizer state appears in the
+    first), above what the process held before building the model (Python, torch, timm)."""
+    from mixedae_core.config import Config
+    torch.set_num_threads(1)
+    before = _proc_status_mib("VmRSS")
+    step = Step(Config(**config_dict), batch, torch.device("cpu"), False)
+    step()
+    step()
+    return _proc_status_mib("VmHWM") - before
+
+
+def peak_memory_mib(config, batch: int, device: torch.device, step: Step | None) -> tuple[float, str]:
+    if device.type == "cuda":
+        step.opt.zero_grad(set_to_none=True)
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) / 2 ** 20, "CUDA max allocated"
+    with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
+        return pool.submit(_cpu_peak_rss_mib, dataclasses.asdict(config), batch).result(), "peak RSS of a process, above its imports"
+
+
+def count_flops(fn) -> int:
+    """FLOPs of fn() as executed. Attention runs through SDPA's math backend here: FlopCounterMode has no
+    formula for the fused CPU kernel and would leave attention out."""
+    with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--out", default=str(REPO / "results" / "tables" / "bench.csv"))
+    ap.add_argument("--steps", type=int, default=None, help="timed steps per model (default: 20 CUDA, 8 CPU)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile every model (CUDA)")
+    ap.add_argument("--skip-vit-b", action="store_true")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    cuda = device.type == "cuda"
+    steps = args.steps or (20 if cuda else 8)
+    warmup = 5 if cuda else 1
+    preset = "gpu" if cuda else "cpu"
+    base = make_config(preset, device=device.type)
+    batch = base.batch_size
+    dtype = "bf16 autocast" if cuda else "fp32"
+    common = {**provenance(device), "device": device_name(device), "dtype": dtype, "compiled": args.compile}
+    rows = []
+
+    configs = {name: dataclasses.replace(base, **v) for name, v in VARIANTS.items()}
+    stepper = {name: Step(c, batch, device, args.compile) for name, c in configs.items()}
+    medians = time_alternated(stepper, steps, warmup)
+    for name, c in configs.items():
+        memory, memory_kind = peak_memory_mib(c, batch, device, stepper[name])
+        rows.append({"benchmark": f"{preset} preset model", "variant": name, "batch": batch, "steps": steps,
+                     "img_per_s": batch / medians[name], "step_ms": 1e3 * medians[name],
+                     "ratio_to_mae": medians[name] / medians["mae"], "peak_memory_mib": memory,
+                     "memory_kind": memory_kind})
+        print(f"{preset} model {name:13s} {batch / medians[name]:9.0f} img/s  {1e3 * medians[name]:8.1f} ms  "
+              f"{medians[name] / medians['mae']:.2f}x MAE  peak {memory:8.0f} MiB ({memory_kind})", flush=True)
+    del stepper
+
+    if not args.skip_vit_b:
+        vit_batch, vit_steps = (128, steps) if cuda else (4, 2)
+        vit = {name: Step(make_config("imagenet", device=device.type, **VARIANTS[name], **VIT_B), vit_batch,
+                          device, args.compile) for name in ("mae", "mixedae")}
+        medians = time_alternated(vit, vit_steps, 2 if cuda else 1)
+        peak = peak_flops(device)
+        for name, step in vit.items():
+            flops = count_flops(step)
+            achieved = flops / medians[name]
+            rows.append({"benchmark": "ViT-B/16 224 px", "variant": name, "batch": vit_batch, "steps": vit_steps,
+                         "img_per_s": vit_batch / medians[name], "step_ms": 1e3 * medians[name],
+                         "ratio_to_mae": medians[name] / medians["mae"], "tflop_per_step": flops / 1e12,
+                         "achieved_tflops": achieved / 1e12, "peak_tflops": peak / 1e12 if peak else None,
+                         "mfu": achieved / peak if peak else None})
+            print(f"ViT-B/16 {name:8s} {vit_batch / medians[name]:8.1f} img/s  {flops / 1e12:.2f} TFLOP/step  "
+                  f"{achieved / 1e12:.2f} TFLOP/s  MFU {f'{achieved / peak:.1%}' if peak else 'n/a (no known peak)'}",
+                  flush=True)
+
+    table = pd.DataFrame([{**r, **common} for r in rows])
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if out.exists():  # keep the rows of other devices
+        old = pd.read_csv(out)
+        table = pd.concat([old[old["device"] != common["device"]], table], ignore_index=True)
+    table.to_csv(out, index=False, float_format="%.6g")
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
