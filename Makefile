@@ -4,6 +4,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= cpu
+WORKERS ?= 1
+BUDGET ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
 FASHION_MNIST_FILES := train-images-idx3-ubyte.gz train-labels-idx1-ubyte.gz t10k-images-idx3-ubyte.gz t10k-labels-idx1-ubyte.gz
 
@@ -43,10 +45,11 @@ data:
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
-# The ablation notebooks through papermill: results/{notebooks,figures,tables}/$(PRESET) and results/README.md.
-# PRESET=smoke (synthetic data, minutes), cpu (default, Fashion-MNIST), gpu (needs CUDA).
+# Every run the notebooks need, WORKERS side by side (records in results/runs/$(PRESET)), then the notebooks
+# through papermill: results/{notebooks,figures,tables}/$(PRESET) and results/README.md.
+# PRESET=smoke (synthetic data, minutes), cpu (default, Fashion-MNIST), gpu (CUDA; WORKERS=6).
 reproduce: $(STAMP) $(if $(filter smoke,$(PRESET)),,data)
-	$(PY) -m mixedae_core reproduce --preset $(PRESET)
+	$(PY) -m mixedae_core reproduce --preset $(PRESET) --workers $(WORKERS) $(if $(BUDGET),--budget $(BUDGET))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixedae_core import build_model
 from mixedae_core.config import make_config
 from mixedae_core.provenance import REPO, device_name, provenance
+from mixedae_core.reproduce import write_readme
 from mixedae_core.train import param_groups
 
 VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
@@ -183,6 +184,8 @@ def main():
         table = pd.concat([old[old["device"] != common["device"]], table], ignore_index=True)
     table.to_csv(out, index=False, float_format="%.6g")
     print(f"written to {out}")
+    if out.parent.name == "tables":  # results/tables/bench.csv: results/README.md shows it
+        write_readme(out.parent.parent)
 
 
 if __name__ == "__main__":

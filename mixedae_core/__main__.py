@@ -123,19 +123,20 @@ def _suite_options(parser):
     parser.add_argument("--device", default="auto")
     parser.add_argument("--workers", type=int, default=1, help="runs trained side by side (processes)")
     parser.add_argument("--budget", type=float, default=None, help="seconds; stop starting runs, then stop them")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def campaign(argv):
     from .campaign import run_campaign
     from .reproduce import SEEDS
     parser = Parser(prog="python -m mixedae_core campaign", fields_of=None,
-                    extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS",
+                    extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS, --no-progress",
                     description="Train and record every run the notebooks need, several side by side.")
     _suite_options(parser)
     args = parser.parse_args(argv)
     try:
         result = run_campaign(args.preset, SEEDS[args.preset], args.out, device=args.device, workers=args.workers,
-                              budget_s=args.budget)
+                              budget_s=args.budget, progress=not args.no_progress)
     except ValueError as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(2)
@@ -148,7 +149,7 @@ def campaign(argv):
 def reproduce(argv):
     from .reproduce import NOTEBOOKS, CampaignIncomplete, run_notebooks
     parser = Parser(prog="python -m mixedae_core reproduce", fields_of=None,
-                    extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS, --only 01,02",
+                    extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS, --no-progress, --only 01,02",
                     description="Train and record the runs (campaign), execute the ablation notebooks, write results/.")
     _suite_options(parser)
     parser.add_argument("--only", default="", help=f"comma-separated notebook prefixes of {', '.join(NOTEBOOKS)} "
@@ -156,7 +157,7 @@ def reproduce(argv):
     args = parser.parse_args(argv)
     try:
         run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
-                      workers=args.workers, budget_s=args.budget)
+                      workers=args.workers, budget_s=args.budget, progress=not args.no_progress)
     except ValueError as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(2)

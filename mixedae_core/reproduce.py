@@ -85,6 +85,23 @@ def _read_table(path: Path):
     return pd.read_csv(path, comment="#"), meta
 
 
+TITLES = {"gpu": "Headline: GPU preset", "cpu": "CPU preset (a demonstration of the pipeline, not evidence)",
+          "smoke": "Smoke preset (functional check)"}
+
+
+def _training_line(out: Path, preset: str) -> str:
+    """The training campaigns behind a preset's records (tables/<preset>/campaign_log.json)."""
+    path = out / "tables" / preset / "campaign_log.json"
+    campaigns = [c for c in json.loads(path.read_text()) if c["trained"]] if path.exists() else []
+    if not campaigns:
+        return ""
+    runs = sum(len(c["trained"]) for c in campaigns)
+    minutes = sum(c["wall_seconds"] for c in campaigns) / 60
+    where = sorted({f"{c['provenance']['device']}, {c['workers']} side by side, commit {c['provenance']['commit']}"
+                    for c in campaigns})
+    return f" Training: {runs} runs in {len(campaigns)} campaign(s), {minutes:.1f} min ({'; '.join(where)})."
+
+
 def _claims_section(out: Path, preset: str) -> list[str]:
     tables = sorted((out / "tables" / preset).glob("claims_*.csv"))
     if not tables:
@@ -106,14 +123,33 @@ def _claims_section(out: Path, preset: str) -> list[str]:
     dates = sorted(m.get("date", "?") for m in metas)
     total = sum(timings.values())
     against = sum("contradicts" in line or "opposite" in line for line in lines[2:])
-    head = [f"### Preset `{preset}`", "",
+    head = [f"## {TITLES.get(preset, f'Preset `{preset}`')}", "",
             f"Device: {', '.join(devices)}; commit: {', '.join(commits)}; notebooks run {dates[0]} to {dates[-1]}; "
             f"wall time of the notebooks: {total / 60:.1f} min "
-            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).", ""]
+            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).{_training_line(out, preset)}", ""]
     if against:
         head += [f"**{against} of {len(lines) - 2} measured differences go against the paper's direction** "
                  "(see the verdict column; each notebook discusses its numbers).", ""]
     return head + lines + [""]
+
+
+def _bench_section(out: Path) -> list[str]:
+    """tables/bench.csv (`make bench`) as a table: one block of rows per device it ran on."""
+    path = out / "tables" / "bench.csv"
+    if not path.exists():
+        return []
+    df = pd.read_csv(path)
+    lines = ["## Benchmarks (`make bench`)", "",
+             "Training step (forward, backward, AdamW) on on-device data; ViT-B/16 MFU from FLOPs counted by "
+             "torch's FlopCounterMode over the device's dense bf16 peak (none for CPUs).", "",
+             "| device | model | variant | batch | img/s | x MAE step time | peak memory (MiB) | MFU | commit, date |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for _, r in df.iterrows():
+        memory = "–" if pd.isna(r.get("peak_memory_mib")) else f"{r['peak_memory_mib']:.0f} ({r['memory_kind']})"
+        mfu = "–" if pd.isna(r.get("mfu")) else f"{100 * r['mfu']:.1f} %"
+        lines.append(f"| {r['device']} ({r['dtype']}) | {r['benchmark']} | {r['variant']} | {r['batch']} | "
+                     f"{r['img_per_s']:.1f} | {r['ratio_to_mae']:.2f} | {memory} | {mfu} | {r['commit']}, {r['date'][:10]} |")
+    return lines + [""]
 
 
 def write_readme(out: Path):
@@ -130,10 +166,15 @@ def write_readme(out: Path):
                     "trains for minutes, far from the paper's hundreds of epochs: read every verdict "
                     "against the seed spread beside it; they say little about the paper's claims.",
              "smoke": "Smoke preset: functional check only; the numbers mean nothing."}
+    if "gpu" not in presets:
+        lines += ["**No GPU results yet.** The GPU suite (`scripts/gpu_suite.sh`, `make reproduce PRESET=gpu`) has "
+                  "not run on a GPU; the CPU table below demonstrates the pipeline and is no evidence for or "
+                  "against the paper.", ""]
     for preset in presets:
         section = _claims_section(out, preset)
         if section:
             lines += section[:1] + ["", notes.get(preset, "")] + section[1:]
+    lines += _bench_section(out)
     for preset in presets:
         figures = sorted((out / "figures" / preset).glob("*.png"))
         if figures:

@@ -23,7 +23,7 @@ from .train import ensure_run, load_model, read_metrics, resolve_device, run_dir
 EVAL_PRESETS = {  # the evaluation recipe of each preset: subsets keep the CPU suite inside its budget
     "smoke": EvalConfig(batch_size=64, probe_max_iter=50),
     "cpu": EvalConfig(train_subset=5000, test_subset=1000),
-    "gpu": EvalConfig(batch_size=2000),
+    "gpu": EvalConfig(batch_size=2000, pretext_images=2048),
     "imagenet": EvalConfig(),
 }
 SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou",

@@ -119,7 +119,11 @@ def test_evaluate_run_writes_and_caches_eval_json(smoke_run):
     for name in ("encoder", "random_init"):
         assert {"knn_cls", "knn_mean", "probe_cls", "probe_mean", "object_iou"} <= set(result["scores"][name])
     assert {"knn_pixels", "probe_pixels"} <= set(result["scores"]["raw_pixels"])
-    assert all(0 <= v <= 1 for s in result["scores"].values() for k, v in s.items() if not k.endswith("_images"))
+    pretext = ("shared_loss_random", "shared_loss_class", "reliance_random", "reliance_class")
+    assert all(0 <= v <= 1 for s in result["scores"].values() for k, v in s.items()
+               if not k.endswith("_images") and k not in pretext)
+    assert set(pretext) <= set(result["scores"]["encoder"]) and not set(pretext) & set(result["scores"]["random_init"])
+    assert result["scores"]["encoder"]["shared_loss_random"] > 0
     assert len(list((smoke_run.parent / "baselines").iterdir())) == 1  # shared by every run of these sizes
     stamp = (smoke_run / "eval.json").stat().st_mtime_ns
     evaluate_run(smoke_run, ec, progress=False)
@@ -148,3 +152,17 @@ def test_unfinished_runs_are_not_evaluated(smoke_run, tmp_path):
     (unfinished / "eval.json").unlink(missing_ok=True)
     with pytest.raises(FileNotFoundError, match="has not finished"):
         evaluate_run(unfinished, EvalConfig(batch_size=64), progress=False)
+
+
+def test_pretext_scores_of_mae_show_no_reliance_on_other_images():
+    """MAE encodes one image per sequence: swapping the other images of its group cannot change its loss."""
+    from mixedae_core.config import make_config
+    from mixedae_core.data import load_dataset
+    from mixedae_core.evaluate import pretext_scores
+    from mixedae_core.model import build_model
+    config = make_config("smoke", method="mae")
+    test = load_dataset("synthetic", "test", config.img_size, config.in_chans, False, config.synthetic_size, 0)
+    torch.manual_seed(0)
+    scores = pretext_scores(build_model(config).eval(), config, test, 32)
+    assert scores["reliance_random"] == 0 and scores["reliance_class"] == 0
+    assert scores["shared_loss_random"] > 0 and scores["shared_loss_class"] > 0

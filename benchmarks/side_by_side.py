@@ -1,0 +1,104 @@
+"""How many training runs to put side by side on one device: aggregate img/s of W processes training at once.
+
+    python benchmarks/side_by_side.py --preset gpu --workers 1 4 8 --methods mae mixedae [--batch 512 1024]
+
+Each process builds what train() builds (the preset's data on the device, its model, AdamW, bf16 on CUDA)
+and, once every process is ready, runs `--steps` training steps with augmentation and masking noise. The
+aggregate is all images over the span from the first start to the last end. This sizes the campaign's
+`--workers` and the gpu preset; results go to results/tables/side_by_side.csv with provenance.
+"""
+import argparse
+import contextlib
+import dataclasses
+import time
+from multiprocessing import get_context
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from mixedae_core.config import Config, make_config
+from mixedae_core.model import build_model
+from mixedae_core.provenance import REPO, device_name, provenance
+from mixedae_core.train import DeviceBatches, param_groups, resolve_device
+
+
+def _train_steps(config_dict: dict, steps: int, warmup: int, compile_model: bool, barrier, out):
+    c = Config(**config_dict)
+    device = resolve_device(c)
+    torch.manual_seed(c.seed)
+    model = build_model(c).to(device).train()
+    forward = torch.compile(model) if compile_model else model
+    batches = DeviceBatches(c, device, 0, 1)
+    fused = {"fused": True} if device.type == "cuda" else {}
+    opt = torch.optim.AdamW(param_groups(model, c.weight_decay), lr=c.lr, **fused)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+
+    def step(s):
+        for images, noise in batches.micro_batches(s):
+            with autocast:
+                forward(images, noise=noise).loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    for s in range(warmup):
+        step(s)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    barrier.wait()
+    start = time.time()
+    for s in range(warmup, warmup + steps):
+        step(s)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    out.put((start, time.time()))
+
+
+def aggregate_img_per_s(config: Config, workers: int, steps: int, warmup: int, compile_model: bool) -> float:
+    ctx = get_context("spawn")
+    barrier, out = ctx.Barrier(workers), ctx.Queue()
+    procs = [ctx.Process(target=_train_steps, args=(dataclasses.asdict(config), steps, warmup, compile_model,
+                                                    barrier, out)) for _ in range(workers)]
+    for p in procs:
+        p.start()
+    spans = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+        if p.exitcode:
+            raise RuntimeError(f"a worker failed (exit {p.exitcode})")
+    return workers * steps * config.batch_size / (max(e for _, e in spans) - min(s for s, _ in spans))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--preset", default="gpu")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 4, 8])
+    ap.add_argument("--methods", nargs="+", default=["mae", "mixedae"])
+    ap.add_argument("--batch", type=int, nargs="+", default=None, help="default: the preset's")
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--warmup", type=int, default=10)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--out", default=str(REPO / "results" / "tables" / "side_by_side.csv"))
+    args = ap.parse_args()
+    base = make_config(args.preset)
+    device = resolve_device(base)
+    rows = []
+    for batch in args.batch or [base.batch_size]:
+        for method in args.methods:
+            config = dataclasses.replace(base, method=method, batch_size=batch)
+            for w in args.workers:
+                rate = aggregate_img_per_s(config, w, args.steps, args.warmup, args.compile)
+                rows.append({"preset": args.preset, "method": method, "batch": batch, "workers": w,
+                             "compiled": args.compile, "aggregate_img_per_s": rate, "per_run_img_per_s": rate / w})
+                print(f"{args.preset} {method:8s} batch {batch:5d} x {w} runs: {rate:9.0f} img/s together, "
+                      f"{rate / w:8.0f} each", flush=True)
+    p = {**provenance(device), "device": device_name(device)}
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(f"# {k}: {v}\n" for k, v in p.items())
+                   + pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+    print(f"written to {out}")
+
+
+if __name__ == "__main__":
+    main()

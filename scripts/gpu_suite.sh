@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU results in one device call (issue 7). Run through the `device` tool from the repository root,
+# carrying .device (Fashion-MNIST) and .whl (papermill and a Jupyter kernel: scripts/device_wheels.sh):
+#
+#   probe  (~3 min): side-by-side throughput of the gpu preset (sizes WORKERS and the epochs), make bench
+#   suite  (~10 min): make reproduce PRESET=gpu with BUDGET seconds for training, then make bench
+#
+# What comes back under $OUT/results is what gets committed: the records (results/runs/gpu: config, metrics,
+# summary, eval; no checkpoints), tables, figures, executed notebooks, results/README.md. Runs recorded in
+# an earlier call are not trained again, so a suite cut by its budget continues in the next call.
+# Locally, on CPU: PRESET=smoke OUT=/tmp/out scripts/gpu_suite.sh suite
+set -uo pipefail
+mode=${1:?usage: scripts/gpu_suite.sh probe|suite}
+: "${OUT:?OUT must name the folder whose files come back}"
+PRESET=${PRESET:-gpu} WORKERS=${WORKERS:-6} BUDGET=${BUDGET:-420} BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ -d .device/fashion-mnist ]; then export FASHION_MNIST_DIR="$PWD/.device/fashion-mnist"; fi
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+PY=${PY:-python3}
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+$PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
+mkdir -p "$OUT/results/tables"
+case $mode in
+  probe)
+    timeout 200 $PY benchmarks/side_by_side.py --preset "$PRESET" --workers 1 4 8 --methods mae mixedae --steps 60 \
+      --out "$OUT/results/tables/side_by_side.csv"
+    timeout "$BENCH_TIMEOUT" $PY benchmarks/bench.py
+    cp results/tables/bench.csv "$OUT/results/tables/"
+    ;;
+  suite)
+    $PY -c "import papermill, ipykernel" || echo "papermill/ipykernel missing: the campaign runs, the notebooks fail"
+    $PY -m mixedae_core reproduce --preset "$PRESET" --workers "$WORKERS" --budget "$BUDGET" --no-progress 2>&1 | tee "$OUT/reproduce.log"
+    echo "reproduce exit ${PIPESTATUS[0]}"
+    timeout "$BENCH_TIMEOUT" $PY benchmarks/bench.py
+    cp -r results/runs results/tables results/figures results/notebooks results/README.md "$OUT/results/" 2>/dev/null
+    tar czf "$OUT/run-logs.tgz" "${MIXEDAE_RUNS:-runs}/logs" 2>/dev/null
+    ;;
+  *) echo "unknown mode $mode"; exit 2 ;;
+esac
