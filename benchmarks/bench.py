@@ -15,9 +15,8 @@ Rows replace those of the same device in the CSV; every row carries its provenan
 """
 import argparse
 import dataclasses
-import statistics
+import re
 import sys
-import time
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
 from pathlib import Path
@@ -27,65 +26,26 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixedae_core import build_model
 from mixedae_core.config import make_config
 from mixedae_core.provenance import REPO, device_name, provenance
 from mixedae_core.reproduce import write_readme
-from mixedae_core.train import param_groups
+from mixedae_core.timing import TrainStep, alternated_step_times
 
 VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
             "mixedae_full": dict(method="mixedae", mix_mode="full")}
 VIT_B = dict(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
-# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), FLOP/s.
-PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "GH200": 989e12, "A100": 312e12,
-             "L40S": 362e12, "L4": 121e12, "A10": 125e12, "4090": 165e12}
+# Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), FLOP/s; matched as whole words
+# in the order given, so that "H100 PCIe" is not taken for an SXM H100 nor "L40" for an L4.
+PEAK_BF16 = [(r"H100 PCIe", 756e12), (r"H100 NVL", 835e12), (r"H100", 989e12), (r"GH200", 989e12),
+             (r"H200", 989e12), (r"A100", 312e12), (r"L40S", 362e12), (r"L4", 121e12)]
 
 
 def peak_flops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_BF16.items() if k in name), None)
-
-
-class Step:
-    """One training step of a model on fixed on-device images: forward, backward, AdamW."""
-
-    def __init__(self, config, batch: int, device: torch.device, compile_model: bool):
-        torch.manual_seed(0)
-        self.model = build_model(config).to(device).train()
-        fused = {"fused": True} if device.type == "cuda" else {}
-        self.opt = torch.optim.AdamW(param_groups(self.model, 0.05), lr=1e-4, **fused)
-        self.forward = torch.compile(self.model) if compile_model else self.model
-        self.images = torch.randn(batch, config.in_chans, config.img_size, config.img_size, device=device)
-        self.device = device
-
-    def __call__(self):
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = self.forward(self.images).loss
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
-
-    def timed(self) -> float:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        t0 = time.perf_counter()
-        self()
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
-
-
-def time_alternated(steps: dict, n: int, warmup: int) -> dict:
-    times = {name: [] for name in steps}
-    for i in range(warmup + n):
-        for name, step in steps.items():
-            t = step.timed()
-            if i >= warmup:
-                times[name].append(t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return next((v for pattern, v in PEAK_BF16 if re.search(rf"\b{pattern}\b", name)), None)
 
 
 def _proc_status_mib(key: str) -> float:
@@ -100,29 +60,35 @@ def _cpu_peak_rss_mib(config_dict: dict, batch: int) -> float:
     from mixedae_core.config import Config
     torch.set_num_threads(1)
     before = _proc_status_mib("VmRSS")
-    step = Step(Config(**config_dict), batch, torch.device("cpu"), False)
+    step = TrainStep(Config(**config_dict), batch, "cpu")
     step()
     step()
     return _proc_status_mib("VmHWM") - before
 
 
-def peak_memory_mib(config, batch: int, device: torch.device, step: Step | None) -> tuple[float, str]:
+def peak_memory_mib(config, batch: int, device: torch.device, step: TrainStep | None) -> tuple[float, str]:
     if device.type == "cuda":
-        step.opt.zero_grad(set_to_none=True)
-        torch.cuda.empty_cache()
+        # the other methods' models stay resident: count this model's weights and optimizer state, plus what
+        # its step allocates on top of everything resident
+        tensors = list(step.model.parameters()) + [t for s in step.opt.state.values() for t in s.values()
+                                                   if torch.is_tensor(t)] + [step.images]
+        own = sum(t.numel() * t.element_size() for t in tensors)
+        torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
+        resident = torch.cuda.memory_allocated(device)
         step()
         torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2 ** 20, "CUDA max allocated"
+        return (own + torch.cuda.max_memory_allocated(device) - resident) / 2 ** 20, "CUDA allocated, own peak"
     with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-        return pool.submit(_cpu_peak_rss_mib, dataclasses.asdict(config), batch).result(), "peak RSS of a process, above its imports"
+        return pool.submit(_cpu_peak_rss_mib, dataclasses.asdict(config), batch).result(), \
+            "peak RSS of a process, above its imports"
 
 
 def count_flops(fn) -> int:
     """FLOPs of fn() as executed. Attention runs through SDPA's math backend here: FlopCounterMode has no
     formula for the fused CPU kernel and would leave attention out."""
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn()
+        fn()  # callers pass the uncompiled model: the counter cannot see inside compiled kernels
     return counter.get_total_flops()
 
 
@@ -146,8 +112,8 @@ def main():
     rows = []
 
     configs = {name: dataclasses.replace(base, **v) for name, v in VARIANTS.items()}
-    stepper = {name: Step(c, batch, device, args.compile) for name, c in configs.items()}
-    medians = time_alternated(stepper, steps, warmup)
+    stepper = {name: TrainStep(c, batch, device, args.compile) for name, c in configs.items()}
+    medians = alternated_step_times(stepper, steps, warmup)
     for name, c in configs.items():
         memory, memory_kind = peak_memory_mib(c, batch, device, stepper[name])
         rows.append({"benchmark": f"{preset} preset model", "variant": name, "batch": batch, "steps": steps,
@@ -160,12 +126,12 @@ def main():
 
     if not args.skip_vit_b:
         vit_batch, vit_steps = (128, steps) if cuda else (4, 2)
-        vit = {name: Step(make_config("imagenet", device=device.type, **VARIANTS[name], **VIT_B), vit_batch,
+        vit = {name: TrainStep(make_config("imagenet", device=device.type, **VARIANTS[name], **VIT_B), vit_batch,
                           device, args.compile) for name in ("mae", "mixedae")}
-        medians = time_alternated(vit, vit_steps, 2 if cuda else 1)
+        medians = alternated_step_times(vit, vit_steps, 2 if cuda else 1)
         peak = peak_flops(device)
         for name, step in vit.items():
-            flops = count_flops(step)
+            flops = count_flops(lambda: step(compiled=False))
             achieved = flops / medians[name]
             rows.append({"benchmark": "ViT-B/16 224 px", "variant": name, "batch": vit_batch, "steps": vit_steps,
                          "img_per_s": vit_batch / medians[name], "step_ms": 1e3 * medians[name],

@@ -10,6 +10,7 @@ aggregate is all images over the span from the first start to the last end. This
 import argparse
 import contextlib
 import dataclasses
+import queue
 import time
 from multiprocessing import get_context
 from pathlib import Path
@@ -45,7 +46,7 @@ def _train_steps(config_dict: dict, steps: int, warmup: int, compile_model: bool
         step(s)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    barrier.wait()
+    barrier.wait(timeout=300)
     start = time.time()
     for s in range(warmup, warmup + steps):
         step(s)
@@ -61,11 +62,16 @@ def aggregate_img_per_s(config: Config, workers: int, steps: int, warmup: int, c
                                                     barrier, out)) for _ in range(workers)]
     for p in procs:
         p.start()
-    spans = [out.get() for _ in procs]
-    for p in procs:
-        p.join()
-        if p.exitcode:
-            raise RuntimeError(f"a worker failed (exit {p.exitcode})")
+    try:  # a worker that dies (out of memory) breaks the barrier for the others: no hang
+        spans = [out.get(timeout=900) for _ in procs]
+    except queue.Empty:
+        raise RuntimeError(f"{workers} runs side by side: a worker failed (exit codes "
+                           f"{[p.exitcode for p in procs]})") from None
+    finally:
+        for p in procs:
+            p.join(timeout=30)
+            if p.is_alive():
+                p.kill()
     return workers * steps * config.batch_size / (max(e for _, e in spans) - min(s for s, _ in spans))
 
 
@@ -82,21 +88,25 @@ def main():
     args = ap.parse_args()
     base = make_config(args.preset)
     device = resolve_device(base)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = "".join(f"# {k}: {v}\n" for k, v in {**provenance(device), "device": device_name(device)}.items())
     rows = []
     for batch in args.batch or [base.batch_size]:
-        for method in args.methods:
-            config = dataclasses.replace(base, method=method, batch_size=batch)
-            for w in args.workers:
-                rate = aggregate_img_per_s(config, w, args.steps, args.warmup, args.compile)
+        for w in args.workers:  # the fewest runs side by side first: a later failure keeps them
+            for method in args.methods:
+                config = dataclasses.replace(base, method=method, batch_size=batch)
+                try:
+                    rate = aggregate_img_per_s(config, w, args.steps, args.warmup, args.compile)
+                except RuntimeError as err:
+                    print(err, flush=True)
+                    rate = float("nan")
                 rows.append({"preset": args.preset, "method": method, "batch": batch, "workers": w,
                              "compiled": args.compile, "aggregate_img_per_s": rate, "per_run_img_per_s": rate / w})
                 print(f"{args.preset} {method:8s} batch {batch:5d} x {w} runs: {rate:9.0f} img/s together, "
                       f"{rate / w:8.0f} each", flush=True)
-    p = {**provenance(device), "device": device_name(device)}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(f"# {k}: {v}\n" for k, v in p.items())
-                   + pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
+                # after every row: a probe cut short by its time limit keeps what it measured
+                out.write_text(header + pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
     print(f"written to {out}")
 
 

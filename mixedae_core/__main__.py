@@ -93,11 +93,11 @@ def evaluate(argv):
 
 
 def record(argv):
-    parser = Parser(prog="python -m mixedae_core record", extra="--preset P, --out_dir DIR, --no-progress, ",
+    parser = Parser(prog="python -m mixedae_core record", extra="--preset P, --out DIR, --no-progress, ",
                     description="Train (or fetch) one run, evaluate it with its preset's recipe and write its record "
-                                "to OUT_DIR/runs/PRESET/ (config, metrics, summary, eval.json).")
+                                "to OUT/runs/PRESET/ (config, metrics, summary, eval.json).")
     parser.add_argument("--preset", default="cpu", choices=list(PRESETS))
-    parser.add_argument("--out_dir", default="results")
+    parser.add_argument("--out", default="results")
     parser.add_argument("--no-progress", action="store_true")
     add_fields(parser, Config)
     args = parser.parse_args(argv)
@@ -108,7 +108,7 @@ def record(argv):
         parser.error(str(err).rstrip("."))
     from .data import DatasetError
     from .suite import Suite
-    suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out_dir,
+    suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out,
                   notebook="record", progress=not args.no_progress)
     try:
         print(suite.record(**overrides))
@@ -128,6 +128,7 @@ def _suite_options(parser):
 
 def campaign(argv):
     from .campaign import run_campaign
+    from .data import DatasetError
     from .reproduce import SEEDS
     parser = Parser(prog="python -m mixedae_core campaign", fields_of=None,
                     extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS, --no-progress",
@@ -137,7 +138,7 @@ def campaign(argv):
     try:
         result = run_campaign(args.preset, SEEDS[args.preset], args.out, device=args.device, workers=args.workers,
                               budget_s=args.budget, progress=not args.no_progress)
-    except ValueError as err:
+    except (ValueError, DatasetError) as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(2)
     if result["failed"]:
@@ -147,6 +148,7 @@ def campaign(argv):
 
 
 def reproduce(argv):
+    from .data import DatasetError
     from .reproduce import NOTEBOOKS, CampaignIncomplete, run_notebooks
     parser = Parser(prog="python -m mixedae_core reproduce", fields_of=None,
                     extra="--preset P, --out DIR, --device D, --workers W, --budget SECONDS, --no-progress, --only 01,02",
@@ -158,7 +160,7 @@ def reproduce(argv):
     try:
         run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
                       workers=args.workers, budget_s=args.budget, progress=not args.no_progress)
-    except ValueError as err:
+    except (ValueError, DatasetError) as err:
         sys.stderr.write(f"error: {err}\n")
         raise SystemExit(2)
     except CampaignIncomplete as err:

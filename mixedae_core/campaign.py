@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from .config import make_config
 from .provenance import provenance
 from .suite import Suite
-from .train import DeviceBatches, resolve_device, runs_root
+from .train import DeviceBatches, runs_root
 
 METHODS = ("mae", "naive", "mixedae")
 
@@ -42,6 +42,9 @@ def planned_runs(preset: str, seeds) -> list[dict]:
     01 (every method and seed; 00, 02 and 05 reuse them), 02 (same-class groups), 03 (K), 04 (full mixing)."""
     first = list(seeds)[:1]
     mixedae = make_config(preset, method="mixedae")
+    if mixedae.dataset_kind == "imagefolder":
+        raise ValueError(f"preset {preset} trains on an image folder: the notebooks (and so the campaign) need a "
+                         "device-resident dataset with a test split (fashion-mnist, cifar10/100, stl10)")
     plan = [dict(method=m, seed=s) for m in METHODS for s in seeds]
     plan += [dict(method=m, seed=s, group_by="class") for m in ("naive", "mixedae") for s in first]
     plan += [dict(method="mixedae", seed=s, topk=k) for k in k_values(mixedae) if k != mixedae.resolved_topk
@@ -56,24 +59,34 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, deadline):
-    """One process of the campaign: records runs from `tasks` until it is empty or the deadline is near.
-    Each run's output goes to runs/logs/<run>.log. SIGTERM stops the run being trained at a checkpoint."""
+def drawn_runs(seeds) -> list[dict]:
+    """The runs whose models notebooks 00 and 05 draw: their checkpoints must exist, not only their records."""
+    return [dict(method=m, seed=list(seeds)[0]) for m in METHODS]
+
+
+def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start_by):
+    """One process of the campaign: records runs from `tasks` until none is left or `start_by` (a shared
+    time) has passed. Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in training at a
+    checkpoint (train() handles it); outside training it lets the current evaluation finish, then stops."""
     import contextlib
+    import signal
     import traceback
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
     logs = Path(runs_root_dir or runs_root()) / "logs"
-    while True:
+    while not stop:
         overrides = tasks.get()
-        if overrides is None or (deadline is not None and time.time() > deadline):
+        if overrides is None or time.time() > start_by.value:
             return
         name, started = suite.record_path(**overrides).name, time.time()
-        status = "trained"
+        status = "evaluated" if suite.has_run(**overrides) else "trained"
         with open(logs / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
+                suite.run(**overrides)  # a drawn run with a record may still lack its checkpoint
                 suite.record(**overrides)
-            except SystemExit as stop:  # SIGTERM/SIGINT: train() wrote a checkpoint
-                print(stop, flush=True)
+            except SystemExit as exit_:  # SIGTERM during training: train() wrote a checkpoint
+                print(exit_, flush=True)
                 status = "stopped"
             except Exception:
                 traceback.print_exc()
@@ -85,24 +98,29 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, deadl
 
 def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, device: str = "auto",
                  workers: int = 1, budget_s: float | None = None, min_start_s: float = 30.0,
-                 progress: bool = True) -> dict:
-    """Train and record every pending planned run, `workers` processes at a time, within `budget_s`
-    seconds (None: no limit); a run is started only while `min_start_s` seconds of budget are left.
-    Returns (and appends to tables/<preset>/campaign_log.json) what was trained, stopped, failed."""
+                 progress: bool = True, plan: list[dict] | None = None, grace_s: float = 120.0) -> dict:
+    """Train and record every pending run of `plan` (default: `planned_runs`), `workers` processes at a
+    time. With `budget_s`, a run starts only while it can be expected to finish (the longest run so far,
+    or `min_start_s` before any finished); at the deadline the workers get SIGTERM: runs in training
+    checkpoint and stop, evaluations get `grace_s` seconds to finish. Returns (and appends to
+    tables/<preset>/campaign_log.json) what was trained, evaluated, stopped, failed and left."""
     import multiprocessing as mp
     import queue as queue_module
+    import signal
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     t_start = time.time()
     suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
-    plan = planned_runs(preset, suite.seeds)
-    pending = [o for o in plan if not suite.has_record(**o)]
+    plan = planned_runs(preset, suite.seeds) if plan is None else plan
+    drawn = drawn_runs(suite.seeds)
+    pending = [o for o in plan if not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))]
     (Path(runs_root_dir or runs_root()) / "logs").mkdir(parents=True, exist_ok=True)
     print(f"campaign {preset}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "
           f"{suite.records}, {len(pending)} to train, {min(workers, len(pending))} at a time", flush=True)
     deadline = None if budget_s is None else t_start + budget_s
     ctx = mp.get_context("spawn")  # CUDA cannot be used in forked processes
     tasks, results = ctx.Queue(), ctx.Queue()
+    start_by = ctx.Value("d", float("inf") if deadline is None else deadline - min_start_s)
     for overrides in pending:
         tasks.put(overrides)
     procs = []
@@ -112,20 +130,32 @@ def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, devi
         os.environ.setdefault("OMP_NUM_THREADS", threads)
         for _ in range(min(workers, len(pending))):
             tasks.put(None)
-            procs.append(ctx.Process(target=_worker, args=(preset, suite.seeds, str(suite.out), runs_root_dir, device,
-                                                           tasks, results, None if deadline is None else deadline - min_start_s)))
+            procs.append(ctx.Process(target=_worker, args=(preset, suite.seeds, str(suite.out), runs_root_dir,
+                                                           device, tasks, results, start_by)))
             procs[-1].start()
         if old_threads is None:
             del os.environ["OMP_NUM_THREADS"]
-    outcome = {"trained": [], "failed": [], "stopped": []}
+    outcome = {"trained": [], "evaluated": [], "failed": [], "stopped": []}
     bar = tqdm(total=len(pending), unit="run", desc=f"campaign {preset}", disable=not progress)
+    terminated = set()
+
+    def terminate(signum=None, frame=None):
+        for p in procs:
+            if p.is_alive() and p.pid not in terminated:
+                p.terminate()  # SIGTERM, once: train() checkpoints, an evaluation finishes first
+                terminated.add(p.pid)
+        if signum is not None:
+            raise SystemExit(f"campaign stopped by signal {signum}")
+
+    old_handler = signal.signal(signal.SIGTERM, terminate)  # so that `kill` also stops the workers
     try:
         while True:
-            alive = any(p.is_alive() for p in procs)
+            alive = [p for p in procs if p.is_alive()]
             if deadline is not None and time.time() > deadline:
-                for p in procs:
-                    if p.is_alive():
-                        p.terminate()  # SIGTERM: the run in training checkpoints and stops
+                terminate()
+                if time.time() > deadline + grace_s:
+                    for p in alive:
+                        p.kill()
             try:  # after the last worker exits, what it sent is still read
                 overrides, name, status, seconds = results.get(timeout=0.5 if alive else 2)
             except queue_module.Empty:
@@ -134,24 +164,29 @@ def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, devi
                 break
             outcome[status].append({**overrides, "run": name, "seconds": seconds})
             bar.update(1)
+            if status == "trained" and deadline is not None:  # do not start what cannot finish
+                longest = max(e["seconds"] for e in outcome["trained"])
+                start_by.value = min(start_by.value, deadline - longest)
             if status == "failed":
                 log = Path(runs_root_dir or runs_root()) / "logs" / f"{name}.log"
                 print(f"run {overrides} failed; the end of {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
-    finally:  # also on Ctrl-C
+    finally:  # also on Ctrl-C and SIGTERM
+        terminate()
         for p in procs:
+            p.join(timeout=grace_s)
             if p.is_alive():
-                p.terminate()
-            p.join(timeout=120)
+                p.kill()
+        signal.signal(signal.SIGTERM, old_handler)
     bar.close()
     left = [o for o in pending if not suite.has_record(**o)]
     result = {"preset": preset, "planned": len(plan), "recorded_before": len(plan) - len(pending), **outcome,
-              "left": left, "complete": all(suite.has_record(**o) for o in plan), "workers": workers,
+              "left": left, "complete": not left and all(suite.has_record(**o) for o in plan), "workers": workers,
               "budget_s": budget_s, "wall_seconds": round(time.time() - t_start, 1),
-              "provenance": {**provenance(resolve_device(suite.config())), "preset": preset}}
+              "provenance": {**provenance(suite.torch_device()), "preset": preset}}
     path = suite.out / "tables" / preset / "campaign_log.json"  # one entry per campaign, newest last
     history = json.loads(path.read_text()) if path.exists() else []
     path.write_text(json.dumps(history + [result], indent=1, default=str))
-    print(f"campaign {preset}: {len(outcome['trained'])} trained, {len(outcome['failed'])} failed, "
-          f"{len(outcome['stopped'])} stopped at the budget, {len(left)} left for the next campaign, "
-          f"in {result['wall_seconds']:.0f} s; log {path}", flush=True)
+    print(f"campaign {preset}: {len(outcome['trained'])} trained, {len(outcome['evaluated'])} evaluated only, "
+          f"{len(outcome['failed'])} failed, {len(outcome['stopped'])} stopped at the budget, {len(left)} left for "
+          f"the next campaign, in {result['wall_seconds']:.0f} s; log {path}", flush=True)
     return result

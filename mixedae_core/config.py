@@ -122,12 +122,12 @@ PRESETS = {
     # full mixing ~1.4x MixedAE's step), assuming ~3x that in aggregate over 6 runs side by side.
     "gpu": dict(dataset="fashion-mnist", img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=12,
                 num_heads=3, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
-                epochs=15, batch_size=512, blr=5e-4, warmup_epochs=2, log_every=20),
+                epochs=15, batch_size=512, blr=5e-4, warmup_epochs=2, log_every=20, device="cuda"),
     # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs.
     "imagenet": dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,
                      embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
                      decoder_num_heads=16, epochs=800, batch_size=4096, accum_steps=8, blr=1.5e-4,
-                     warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100),
+                     warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100, device="cuda"),
 }
 
 

@@ -92,7 +92,9 @@ TITLES = {"gpu": "Headline: GPU preset", "cpu": "CPU preset (a demonstration of 
 def _training_line(out: Path, preset: str) -> str:
     """The training campaigns behind a preset's records (tables/<preset>/campaign_log.json)."""
     path = out / "tables" / preset / "campaign_log.json"
-    campaigns = [c for c in json.loads(path.read_text()) if c["trained"]] if path.exists() else []
+    records = {p.name for p in (out / "runs" / preset).glob("*")}  # campaigns behind the current records only
+    campaigns = [c for c in json.loads(path.read_text()) if any(e["run"] in records for e in c["trained"])] \
+        if path.exists() else []
     if not campaigns:
         return ""
     runs = sum(len(c["trained"]) for c in campaigns)
@@ -166,7 +168,7 @@ def write_readme(out: Path):
                     "trains for minutes, far from the paper's hundreds of epochs: read every verdict "
                     "against the seed spread beside it; they say little about the paper's claims.",
              "smoke": "Smoke preset: functional check only; the numbers mean nothing."}
-    if "gpu" not in presets:
+    if not any((out / "tables" / "gpu").glob("claims_*.csv")):
         lines += ["**No GPU results yet.** The GPU suite (`scripts/gpu_suite.sh`, `make reproduce PRESET=gpu`) has "
                   "not run on a GPU; the CPU table below demonstrates the pipeline and is no evidence for or "
                   "against the paper.", ""]

@@ -69,7 +69,11 @@ class Suite:
 
     # ---------------------------------------------------------------- runs
     def config(self, **overrides) -> Config:
-        return make_config(self.preset, **{"device": self.device, **overrides})
+        """The preset with `overrides`. device 'auto' keeps the preset's own device (cpu for smoke/cpu, cuda for
+        gpu), so a preset's records keep their names on any machine: a CPU reading committed GPU records
+        finds them instead of training the GPU preset on its cores."""
+        device = {} if self.device == "auto" else {"device": self.device}
+        return make_config(self.preset, **{**device, **overrides})
 
     def run(self, **overrides) -> Path:
         """The run directory (with its checkpoint): cached, resumed or trained."""
@@ -80,8 +84,16 @@ class Suite:
         run_dir = self.run(**overrides)
         return load_model(run_dir, resolve_device(self.config(**overrides)))
 
+    def torch_device(self):
+        return resolve_device(self.config())
+
     def record_path(self, **overrides) -> Path:
         return self.records / run_dir_for(self.config(**overrides), self.runs_root).name
+
+    def has_run(self, **overrides) -> bool:
+        """A finished run (with its checkpoint) in the run cache."""
+        run_dir = run_dir_for(self.config(**overrides), self.runs_root)
+        return (run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()
 
     def has_record(self, **overrides) -> bool:
         return record_is_current(self.record_path(**overrides), self.eval_config)

@@ -161,7 +161,7 @@ def save_atomic(obj, path: Path):
 
 def write_text_atomic(path: Path, text: str):
     """Readers never see a half-written file: write beside it, then rename."""
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write the same file
     tmp.write_text(text)
     os.replace(tmp, path)
 
@@ -222,7 +222,7 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
                              "choose another directory")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved.write_text(json.dumps(c.to_dict(), indent=1))
+        write_text_atomic(saved, json.dumps(c.to_dict(), indent=1))
 
     torch.manual_seed(c.seed)
     model = build_model(c).to(device)
@@ -354,7 +354,7 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -
                "img_per_s": state["images"] / max(state["train_seconds"], 1e-9), "processes": world,
                "final": epochs[-1] if epochs else None, "provenance": provenance(device)}
     if rank == 0:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
         print(f"{c.method}: {total} steps in {state['train_seconds']:.1f} s "
               f"({summary['img_per_s']:.0f} img/s on {summary['provenance']['device']}); "
               f"final loss {summary['final']['loss']:.4f}; run dir {run_dir}")

@@ -33,7 +33,8 @@ def test_counted_forward_flops_of_mae_vit_b_match_the_transformer_formula():
 
 @pytest.mark.parametrize("name, peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12),
                                         ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12),
-                                        ("NVIDIA L40S", 362e12), ("Tesla T4", None)])
+                                        ("NVIDIA H100 NVL", 835e12), ("NVIDIA L40S", 362e12),
+                                        ("NVIDIA L4", 121e12), ("NVIDIA L40", None), ("Tesla T4", None)])
 def test_peak_bf16_flops_from_the_data_sheets(monkeypatch, name, peak):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: name)
     assert peak_flops(torch.device("cuda")) == peak

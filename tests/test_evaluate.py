@@ -155,7 +155,8 @@ def test_unfinished_runs_are_not_evaluated(smoke_run, tmp_path):
 
 
 def test_pretext_scores_of_mae_show_no_reliance_on_other_images():
-    """MAE encodes one image per sequence: swapping the other images of its group cannot change its loss."""
+    """MAE encodes one image per sequence: swapping the other images of its group cannot change its loss;
+    naive mixing's global attention reads the other images even at random init."""
     from mixedae_core.config import make_config
     from mixedae_core.data import load_dataset
     from mixedae_core.evaluate import pretext_scores
@@ -166,3 +167,6 @@ def test_pretext_scores_of_mae_show_no_reliance_on_other_images():
     scores = pretext_scores(build_model(config).eval(), config, test, 32)
     assert scores["reliance_random"] == 0 and scores["reliance_class"] == 0
     assert scores["shared_loss_random"] > 0 and scores["shared_loss_class"] > 0
+    torch.manual_seed(0)
+    naive = make_config("smoke", method="naive")
+    assert abs(pretext_scores(build_model(naive).eval(), naive, test, 32)["reliance_random"]) > 1e-4

@@ -1,11 +1,12 @@
 """The notebook suite end to end at PRESET=smoke (so a broken notebook cannot land), and its statistics."""
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from mixedae_core.campaign import k_values, planned_runs, run_campaign
+from mixedae_core.campaign import drawn_runs, k_values, planned_runs, run_campaign
 from mixedae_core.config import make_config
 from mixedae_core.reproduce import NOTEBOOKS, SEEDS, CampaignIncomplete, run_notebooks
 from mixedae_core.suite import claim, mean_std, paired_test, verdict
@@ -47,8 +48,11 @@ def test_campaign_then_every_notebook_at_smoke_and_tables_again_from_records_alo
     assert run_dirs(fresh) == set()
     for name, table in before.items():
         pd.testing.assert_frame_equal(pd.read_csv(tables / f"{name}.csv", comment="#"), table)
+    # a campaign on that fresh cache trains only the runs whose models notebooks 00 and 05 draw
     again = run_campaign("smoke", SEEDS["smoke"], tmp_path, str(fresh), progress=False)
-    assert again["complete"] and again["recorded_before"] == len(plan) and not again["trained"]
+    drawn = drawn_runs(SEEDS["smoke"])
+    assert again["complete"] and again["recorded_before"] == len(plan) - len(drawn)
+    assert sorted((e["method"], e["seed"]) for e in again["trained"]) == sorted((o["method"], o["seed"]) for o in drawn)
 
 
 def test_campaign_with_no_budget_left_starts_nothing_and_reproduce_stops_before_the_notebooks(tmp_path):
@@ -98,3 +102,38 @@ def test_verdicts_follow_sign_and_significance():
     row = claim("x", [0.9, 0.8, 0.85], [0.7, 0.6, 0.65], +1, "A", "B")
     assert row["difference"] == pytest.approx(20.0) and "A 85.0 ± 5.0 vs B 65.0 ± 5.0" in row["measured"]
     assert mean_std([0.5]) == "50.0"
+
+
+def test_record_cli_trains_evaluates_and_records_one_run(tmp_path, monkeypatch, capsys):
+    from mixedae_core.__main__ import main
+    monkeypatch.setenv("MIXEDAE_RUNS", str(tmp_path / "runs-cache"))
+    main(["record", "--preset", "smoke", "--out", str(tmp_path), "--method", "naive", "--seed", "3",
+          "--no-progress"])
+    record = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record.parent == tmp_path / "runs" / "smoke" and record.name.startswith("naive-")
+    evaluation = json.loads((record / "eval.json").read_text())
+    assert evaluation["config"]["seed"] == 3 and not (record / "checkpoint.pt").exists()
+    with pytest.raises(SystemExit) as info:
+        main(["record", "--preset", "smoke", "--out", str(tmp_path), "--epochs", "0"])
+    assert info.value.code == 2 and "epochs must be >= 1" in capsys.readouterr().err
+
+
+def test_campaign_stops_runs_at_its_budget_and_the_next_campaign_resumes_them(tmp_path):
+    import torch
+    from mixedae_core.train import run_dir_for
+    runs = tmp_path / "runs-cache"
+    long_run = dict(method="mae", seed=0, epochs=3000)  # minutes of training: certain to be cut
+    run_dir = run_dir_for(make_config("smoke", **long_run), runs)
+
+    def campaign():
+        return run_campaign("smoke", [0], tmp_path, str(runs), budget_s=25, min_start_s=0, plan=[long_run],
+                            progress=False, grace_s=60)
+
+    first = campaign()
+    assert [e["run"] for e in first["stopped"]] == [run_dir.name] and not first["complete"]
+    assert not (run_dir / "summary.json").exists()
+    stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"]
+    assert stopped_at > 0
+    second = campaign()
+    assert second["stopped"] and f"resuming {run_dir} at step {stopped_at} " in (runs / "logs" / f"{run_dir.name}.log").read_text()
+    assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"] > stopped_at
