@@ -117,12 +117,13 @@ PRESETS = {
     "cpu": dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, train_subset=24000, epochs=1, batch_size=128,
                 blr=1e-3, warmup_epochs=0.1, log_every=25, device="cpu"),
     # One GPU: the 16 runs of the suite side by side (`make reproduce PRESET=gpu WORKERS=6`) in about ten
-    # minutes of an H100. PROVISIONAL until the side-by-side probe runs on a lent GPU (scripts/gpu_suite.sh
-    # probe): sized from earlier H200 timings, one process at batch 512 (MAE 11.4k img/s, MixedAE 9.1k,
-    # full mixing ~1.4x MixedAE's step), assuming ~3x that in aggregate over 6 runs side by side.
+    # minutes of an H100. PROVISIONAL until a lent GPU measures it (scripts/gpu_suite.sh probe). Sized from
+    # earlier H200 timings of one process at batch 512 (MAE 11.4k img/s, MixedAE 9.1k, full ~1.4x
+    # MixedAE's step) and a hoped-for ~30k img/s over 6 runs side by side: the suite costs about 18 MAE
+    # runs, 18 x 10 epochs x 60k images / 30k img/s = 360 s.
     "gpu": dict(dataset="fashion-mnist", img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=12,
                 num_heads=3, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
-                epochs=15, batch_size=512, blr=5e-4, warmup_epochs=2, log_every=20, device="cuda"),
+                epochs=10, batch_size=512, blr=5e-4, warmup_epochs=1, log_every=20, device="cuda"),
     # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs.
     "imagenet": dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,
                      embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
