@@ -183,9 +183,10 @@ def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, devi
               "left": left, "complete": not left and all(suite.has_record(**o) for o in plan), "workers": workers,
               "budget_s": budget_s, "wall_seconds": round(time.time() - t_start, 1),
               "provenance": {**provenance(suite.torch_device()), "preset": preset}}
-    path = suite.out / "tables" / preset / "campaign_log.json"  # one entry per campaign, newest last
-    history = json.loads(path.read_text()) if path.exists() else []
-    path.write_text(json.dumps(history + [result], indent=1, default=str))
+    path = suite.out / "tables" / preset / "campaign_log.json"  # one entry per campaign that ran, newest last
+    if pending:
+        history = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(history + [result], indent=1, default=str))
     print(f"campaign {preset}: {len(outcome['trained'])} trained, {len(outcome['evaluated'])} evaluated only, "
           f"{len(outcome['failed'])} failed, {len(outcome['stopped'])} stopped at the budget, {len(left)} left for "
           f"the next campaign, in {result['wall_seconds']:.0f} s; log {path}", flush=True)
