@@ -38,7 +38,7 @@ VIT_B = dict(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, n
 # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), FLOP/s; matched as whole words
 # in the order given, so that "H100 PCIe" is not taken for an SXM H100 nor "L40" for an L4.
 PEAK_BF16 = [(r"H100 PCIe", 756e12), (r"H100 NVL", 835e12), (r"H100", 989e12), (r"GH200", 989e12),
-             (r"H200", 989e12), (r"A100", 312e12), (r"L40S", 362e12), (r"L4", 121e12)]
+             (r"H200 NVL", 835e12), (r"H200", 989e12), (r"A100", 312e12), (r"L40S", 362e12), (r"L4", 121e12)]
 
 
 def peak_flops(device: torch.device) -> float | None:

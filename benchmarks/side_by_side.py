@@ -62,11 +62,16 @@ def aggregate_img_per_s(config: Config, workers: int, steps: int, warmup: int, c
                                                     barrier, out)) for _ in range(workers)]
     for p in procs:
         p.start()
-    try:  # a worker that dies (out of memory) breaks the barrier for the others: no hang
-        spans = [out.get(timeout=900) for _ in procs]
-    except queue.Empty:
-        raise RuntimeError(f"{workers} runs side by side: a worker failed (exit codes "
-                           f"{[p.exitcode for p in procs]})") from None
+    spans = []
+    try:  # a worker that dies (out of memory) would leave the others at the barrier: abort it, report
+        while len(spans) < workers:
+            try:
+                spans.append(out.get(timeout=1))
+            except queue.Empty:
+                if any(p.exitcode for p in procs):
+                    barrier.abort()
+                    raise RuntimeError(f"{workers} runs side by side: a worker failed (exit codes "
+                                       f"{[p.exitcode for p in procs]})") from None
     finally:
         for p in procs:
             p.join(timeout=30)

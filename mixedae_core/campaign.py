@@ -11,13 +11,13 @@ campaign on that machine resumes them; runs not yet started wait for the next ca
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
 from .config import make_config
-from .provenance import provenance
 from .suite import Suite
 from .train import DeviceBatches, runs_root
 
@@ -67,15 +67,21 @@ def drawn_runs(seeds) -> list[dict]:
 def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start_by):
     """One process of the campaign: records runs from `tasks` until none is left or `start_by` (a shared
     time) has passed. Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in training at a
-    checkpoint (train() handles it); outside training it lets the current evaluation finish, then stops."""
+    checkpoint (train() handles it there), lets an evaluation finish, and stops anything else at once."""
     import contextlib
     import signal
     import traceback
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    evaluating = []
+
+    def on_sigterm(*_):
+        start_by.value = float("-inf")
+        if not evaluating:
+            raise SystemExit("stopped by SIGTERM before training")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
     logs = Path(runs_root_dir or runs_root()) / "logs"
-    while not stop:
+    while True:
         overrides = tasks.get()
         if overrides is None or time.time() > start_by.value:
             return
@@ -84,6 +90,7 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start
         with open(logs / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 suite.run(**overrides)  # a drawn run with a record may still lack its checkpoint
+                evaluating.append(1)
                 suite.record(**overrides)
             except SystemExit as exit_:  # SIGTERM during training: train() wrote a checkpoint
                 print(exit_, flush=True)
@@ -91,8 +98,9 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start
             except Exception:
                 traceback.print_exc()
                 status = "failed"
+            evaluating.clear()
         results.put((overrides, name, status, round(time.time() - started, 1)))
-        if status == "stopped":
+        if status == "stopped" or start_by.value == float("-inf"):
             return
 
 
@@ -123,32 +131,34 @@ def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, devi
     start_by = ctx.Value("d", float("inf") if deadline is None else deadline - min_start_s)
     for overrides in pending:
         tasks.put(overrides)
-    procs = []
-    if pending:
-        threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription of the CPU
-        old_threads = os.environ.get("OMP_NUM_THREADS")
-        os.environ.setdefault("OMP_NUM_THREADS", threads)
-        for _ in range(min(workers, len(pending))):
-            tasks.put(None)
-            procs.append(ctx.Process(target=_worker, args=(preset, suite.seeds, str(suite.out), runs_root_dir,
-                                                           device, tasks, results, start_by)))
-            procs[-1].start()
-        if old_threads is None:
-            del os.environ["OMP_NUM_THREADS"]
     outcome = {"trained": [], "evaluated": [], "failed": [], "stopped": []}
-    bar = tqdm(total=len(pending), unit="run", desc=f"campaign {preset}", disable=not progress)
-    terminated = set()
+    procs, terminated = [], set()
 
     def terminate(signum=None, frame=None):
+        start_by.value = float("-inf")  # no worker starts another run
         for p in procs:
             if p.is_alive() and p.pid not in terminated:
                 p.terminate()  # SIGTERM, once: train() checkpoints, an evaluation finishes first
                 terminated.add(p.pid)
         if signum is not None:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the clean-up short
             raise SystemExit(f"campaign stopped by signal {signum}")
 
-    old_handler = signal.signal(signal.SIGTERM, terminate)  # so that `kill` also stops the workers
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, terminate) if main_thread else None  # `kill` stops the workers too
+    bar = tqdm(total=len(pending), unit="run", desc=f"campaign {preset}", disable=not progress)
     try:
+        if pending:
+            threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription of the CPU
+            old_threads = os.environ.get("OMP_NUM_THREADS")
+            os.environ.setdefault("OMP_NUM_THREADS", threads)
+            for _ in range(min(workers, len(pending))):
+                tasks.put(None)
+                procs.append(ctx.Process(target=_worker, args=(preset, suite.seeds, str(suite.out), runs_root_dir,
+                                                               device, tasks, results, start_by)))
+                procs[-1].start()
+            if old_threads is None:
+                del os.environ["OMP_NUM_THREADS"]
         while True:
             alive = [p for p in procs if p.is_alive()]
             if deadline is not None and time.time() > deadline:
@@ -170,19 +180,24 @@ def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, devi
             if status == "failed":
                 log = Path(runs_root_dir or runs_root()) / "logs" / f"{name}.log"
                 print(f"run {overrides} failed; the end of {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
-    finally:  # also on Ctrl-C and SIGTERM
+    finally:  # also on Ctrl-C and SIGTERM: one grace period for all workers, then kill
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
         terminate()
+        end = time.time() + grace_s
         for p in procs:
-            p.join(timeout=grace_s)
+            p.join(max(0.0, end - time.time()))
             if p.is_alive():
                 p.kill()
-        signal.signal(signal.SIGTERM, old_handler)
+                p.join()
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_handler)
     bar.close()
-    left = [o for o in pending if not suite.has_record(**o)]
+    left = [o for o in pending if not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))]
     result = {"preset": preset, "planned": len(plan), "recorded_before": len(plan) - len(pending), **outcome,
               "left": left, "complete": not left and all(suite.has_record(**o) for o in plan), "workers": workers,
               "budget_s": budget_s, "wall_seconds": round(time.time() - t_start, 1),
-              "provenance": {**provenance(suite.torch_device()), "preset": preset}}
+              "provenance": suite.provenance()}
     path = suite.out / "tables" / preset / "campaign_log.json"  # one entry per campaign that ran, newest last
     if pending:
         history = json.loads(path.read_text()) if path.exists() else []

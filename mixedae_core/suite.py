@@ -147,8 +147,14 @@ class Suite:
 
     # ---------------------------------------------------------------- provenance and outputs
     def provenance(self) -> dict:
-        dev = resolve_device(self.config())
-        return {**provenance(dev), "device": device_name(dev), "preset": self.preset, "seeds": self.seeds,
+        """Where this notebook ran. A GPU preset's tables can be rebuilt from its records on a machine without
+        the preset's device; the records' own summary.json and eval.json name the device that trained them."""
+        try:
+            dev = resolve_device(self.config())
+            name = device_name(dev)
+        except ValueError:
+            dev, name = "cpu", f"{device_name('cpu')}, reading records of a {self.config().device} preset"
+        return {**provenance(dev), "device": name, "preset": self.preset, "seeds": self.seeds,
                 "notebook": self.notebook, "wall_seconds": round(time.time() - self.started, 1)}
 
     def provenance_line(self) -> str:

@@ -371,8 +371,9 @@ def run_dir_for(config: Config, root=None) -> Path:
 
 
 def ensure_run(config: Config, root=None, progress: bool = True) -> Path:
-    """The finished run of `config`: cached if it exists, resumed if it was interrupted, else trained."""
+    """The finished run of `config` with its checkpoint: cached if it exists, resumed if it was interrupted,
+    else trained (also when its checkpoint was deleted)."""
     run_dir = run_dir_for(config, root)
-    if not (run_dir / "summary.json").exists():
+    if not ((run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()):
         train(config, run_dir, resume=True, progress=progress)
     return run_dir

@@ -11,6 +11,7 @@
 # an earlier call are not trained again, so a suite cut by its budget continues in the next call.
 # Locally, on CPU: PRESET=smoke OUT=/tmp/out scripts/gpu_suite.sh suite
 set -uo pipefail
+SECONDS=0  # LIMIT counts from here: the device tool's limit covers the whole command
 mode=${1:?usage: scripts/gpu_suite.sh probe|suite}
 : "${OUT:?OUT must name the folder whose files come back}"
 PRESET=${PRESET:-gpu} WORKERS=${WORKERS:-6} BUDGET=${BUDGET:-390} LIMIT=${LIMIT:-570} BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
@@ -34,7 +35,6 @@ case $mode in
   suite)
     # Records are copied out as soon as the campaign ends, and again on exit: a call killed at its time
     # limit still brings back every run it finished.
-    t0=$(date +%s)
     collect() {
       cp -r results/runs results/tables results/figures results/notebooks results/README.md "$OUT/results/" 2>/dev/null
       tar czf "$OUT/run-logs.tgz" "${MIXEDAE_RUNS:-runs}/logs" 2>/dev/null
@@ -45,15 +45,15 @@ case $mode in
       | tee "$OUT/campaign.log"
     rc=${PIPESTATUS[0]}
     collect
-    left=$(( LIMIT - ($(date +%s) - t0) ))
-    if [ "$rc" = 0 ] && [ "$left" -gt 60 ]; then  # the notebooks, within what is left of this call
-      timeout "$left" $PY -m mixedae_core reproduce --preset "$PRESET" --workers "$WORKERS" --no-progress 2>&1 \
-        | tee "$OUT/reproduce.log"
+    left=$(( LIMIT - SECONDS ))
+    if [ "$rc" = 0 ] && [ "$left" -gt 120 ]; then  # the notebooks, within what is left of this call
+      timeout -k 10 "$left" $PY -m mixedae_core reproduce --preset "$PRESET" --workers "$WORKERS" \
+        --budget $(( left - 90 )) --no-progress 2>&1 | tee "$OUT/reproduce.log"
       rc=${PIPESTATUS[0]}
     else
       echo "notebooks not run: campaign exit $rc, ${left} s left of LIMIT=$LIMIT"
     fi
-    echo "exit $rc after $(( $(date +%s) - t0 )) s"
+    echo "exit $rc after $SECONDS s"
     exit "$rc"
     ;;
   *) echo "unknown mode $mode"; exit 2 ;;
