@@ -10,12 +10,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with '+dirty' when tracked files differ from it; 'unknown' outside a checkout."""
+    """HEAD's short hash, with '+dirty' when tracked files outside results/ differ from it; 'unknown' outside
+    a checkout."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, check=True).stdout.strip()
+        # results/ is what the code writes, so a run rewriting it leaves the code itself clean
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+                               cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
