@@ -1,6 +1,6 @@
 """The runs a preset's notebooks need, trained side by side before the notebooks execute.
 
-    python -m mixedae_core campaign --preset gpu --workers 6 --budget 480
+    python -m mixedae_core campaign --preset gpu --workers 6 --budget 390
 
 Each pending run is trained in its own process, `workers` at a time on one device: a small model leaves a
 big GPU idle between kernel launches, and several processes fill those gaps. A finished run is evaluated
