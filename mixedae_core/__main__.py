@@ -3,7 +3,7 @@
     python -m mixedae_core pretrain --preset cpu --method mixedae --epochs 3 ...
     python -m mixedae_core evaluate RUN_DIR [--train_subset 10000 ...]
     python -m mixedae_core record --preset gpu --method mixedae --seed 1   (train, evaluate, record in results/runs/)
-    python -m mixedae_core campaign --preset gpu --workers 6 --budget 480  (every run the notebooks need)
+    python -m mixedae_core campaign --preset gpu --workers 6 --budget 390  (every run the notebooks need)
     python -m mixedae_core reproduce --preset gpu --workers 6              (campaign, then the notebooks)
 
 Every Config (pretrain) or EvalConfig (evaluate) field is an option under its own name. torchrun works as
