@@ -171,7 +171,8 @@ class Suite:
 
     def save_figure(self, fig, name: str) -> Path:
         path = self.out / "figures" / self.preset / f"{name}.png"
-        fig.text(0.01, 0.002, self.provenance_line(), fontsize=6, color="0.4", ha="left", va="bottom")
+        # below the figure (tight bbox takes it in), clear of the axis labels
+        fig.text(0.01, -0.01, self.provenance_line(), fontsize=6, color="0.4", ha="left", va="top")
         fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"Comment": self.provenance_line()})
         return path
 
