@@ -121,7 +121,11 @@ def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, devi
     suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
     plan = planned_runs(preset, suite.seeds) if plan is None else plan
     drawn = drawn_runs(suite.seeds)
-    pending = [o for o in plan if not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))]
+
+    def needs_work(o):  # no current record, or a drawn run without its checkpoint
+        return not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))
+
+    pending = [o for o in plan if needs_work(o)]
     (Path(runs_root_dir or runs_root()) / "logs").mkdir(parents=True, exist_ok=True)
     print(f"campaign {preset}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "
           f"{suite.records}, {len(pending)} to train, {min(workers, len(pending))} at a time", flush=True)
@@ -193,7 +197,7 @@ def run_campaign(preset: str, seeds, out_dir="results", runs_root_dir=None, devi
         if main_thread:
             signal.signal(signal.SIGTERM, old_handler)
     bar.close()
-    left = [o for o in pending if not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))]
+    left = [o for o in pending if needs_work(o)]
     result = {"preset": preset, "planned": len(plan), "recorded_before": len(plan) - len(pending), **outcome,
               "left": left, "complete": not left and all(suite.has_record(**o) for o in plan), "workers": workers,
               "budget_s": budget_s, "wall_seconds": round(time.time() - t_start, 1),

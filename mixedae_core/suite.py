@@ -18,7 +18,8 @@ import pandas as pd
 from .config import Config, make_config
 from .evaluate import EvalConfig, eval_key, evaluate_run
 from .provenance import REPO, device_name, provenance
-from .train import ensure_run, load_model, read_metrics, resolve_device, run_dir_for, write_text_atomic
+from .train import (ensure_run, load_model, read_metrics, resolve_device, run_dir_for, run_finished,
+                    write_text_atomic)
 
 EVAL_PRESETS = {  # the evaluation recipe of each preset: subsets keep the CPU suite inside its budget
     "smoke": EvalConfig(batch_size=64, probe_max_iter=50),
@@ -92,8 +93,7 @@ class Suite:
 
     def has_run(self, **overrides) -> bool:
         """A finished run (with its checkpoint) in the run cache."""
-        run_dir = run_dir_for(self.config(**overrides), self.runs_root)
-        return (run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()
+        return run_finished(run_dir_for(self.config(**overrides), self.runs_root))
 
     def has_record(self, **overrides) -> bool:
         return record_is_current(self.record_path(**overrides), self.eval_config)

@@ -370,10 +370,15 @@ def run_dir_for(config: Config, root=None) -> Path:
     return Path(root or runs_root()) / f"{config.method}-{run_key(config, CODE_VERSION)}"
 
 
+def run_finished(run_dir: Path) -> bool:
+    """Finished and still holding its checkpoint (the model, not only the numbers)."""
+    return (run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()
+
+
 def ensure_run(config: Config, root=None, progress: bool = True) -> Path:
     """The finished run of `config` with its checkpoint: cached if it exists, resumed if it was interrupted,
     else trained (also when its checkpoint was deleted)."""
     run_dir = run_dir_for(config, root)
-    if not ((run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()):
+    if not run_finished(run_dir):
         train(config, run_dir, resume=True, progress=progress)
     return run_dir
