@@ -27,9 +27,9 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from mixedae_core.config import make_config
-from mixedae_core.provenance import REPO, device_name, provenance
-from mixedae_core.reproduce import write_readme
-from mixedae_core.timing import TrainStep, alternated_step_times
+from mixedae_core.lab.provenance import REPO, provenance
+from mixedae_core.lab.reproduce import write_readme
+from mixedae_core.lab.timing import TimedStep, alternated_step_times
 
 VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
             "mixedae_full": dict(method="mixedae", mix_mode="full")}
@@ -60,18 +60,19 @@ def _cpu_peak_rss_mib(config_dict: dict, batch: int) -> float:
     from mixedae_core.config import Config
     torch.set_num_threads(1)
     before = _proc_status_mib("VmRSS")
-    step = TrainStep(Config(**config_dict), batch, "cpu")
+    step = TimedStep(Config(**config_dict), batch, "cpu")
     step()
     step()
     return _proc_status_mib("VmHWM") - before
 
 
-def peak_memory_mib(config, batch: int, device: torch.device, step: TrainStep | None) -> tuple[float, str]:
+def peak_memory_mib(config, batch: int, device: torch.device, step: TimedStep | None) -> tuple[float, str]:
     if device.type == "cuda":
         # the other methods' models stay resident: count this model's weights and optimizer state, plus what
         # its step allocates on top of everything resident
-        tensors = list(step.model.parameters()) + [t for s in step.opt.state.values() for t in s.values()
-                                                   if torch.is_tensor(t)] + [step.images]
+        optimizer_state = step.step.optimizer.state.values()
+        tensors = list(step.model.parameters()) + [t for s in optimizer_state for t in s.values()
+                                                   if torch.is_tensor(t)] + [step.images, step.noise]
         own = sum(t.numel() * t.element_size() for t in tensors)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -88,7 +89,7 @@ def count_flops(fn) -> int:
     """FLOPs of fn() as executed. Attention runs through SDPA's math backend here: FlopCounterMode has no
     formula for the fused CPU kernel and would leave attention out."""
     with sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
-        fn()  # callers pass the uncompiled model: the counter cannot see inside compiled kernels
+        fn()  # callers pass an uncompiled step: the counter cannot see inside compiled kernels
     return counter.get_total_flops()
 
 
@@ -108,11 +109,11 @@ def main():
     base = make_config(preset, device=device.type)
     batch = base.batch_size
     dtype = "bf16 autocast" if cuda else "fp32"
-    common = {**provenance(device), "device": device_name(device), "dtype": dtype, "compiled": args.compile}
+    common = {**provenance(device), "dtype": dtype, "compiled": args.compile}
     rows = []
 
     configs = {name: dataclasses.replace(base, **v) for name, v in VARIANTS.items()}
-    stepper = {name: TrainStep(c, batch, device, args.compile) for name, c in configs.items()}
+    stepper = {name: TimedStep(c, batch, device, args.compile) for name, c in configs.items()}
     medians = alternated_step_times(stepper, steps, warmup)
     for name, c in configs.items():
         memory, memory_kind = peak_memory_mib(c, batch, device, stepper[name])
@@ -126,12 +127,13 @@ def main():
 
     if not args.skip_vit_b:
         vit_batch, vit_steps = (128, steps) if cuda else (4, 2)
-        vit = {name: TrainStep(make_config("imagenet", device=device.type, **VARIANTS[name], **VIT_B), vit_batch,
-                          device, args.compile) for name in ("mae", "mixedae")}
+        vit_configs = {name: make_config("imagenet", device=device.type, **VARIANTS[name], **VIT_B)
+                       for name in ("mae", "mixedae")}
+        vit = {name: TimedStep(c, vit_batch, device, args.compile) for name, c in vit_configs.items()}
         medians = alternated_step_times(vit, vit_steps, 2 if cuda else 1)
         peak = peak_flops(device)
         for name, step in vit.items():
-            flops = count_flops(lambda: step(compiled=False))
+            flops = count_flops(step if not args.compile else TimedStep(vit_configs[name], vit_batch, device))
             achieved = flops / medians[name]
             rows.append({"benchmark": "ViT-B/16 224 px", "variant": name, "batch": vit_batch, "steps": vit_steps,
                          "img_per_s": vit_batch / medians[name], "step_ms": 1e3 * medians[name],

@@ -2,13 +2,12 @@
 
     python benchmarks/side_by_side.py --preset gpu --workers 1 4 8 --methods mae mixedae [--batch 512 1024]
 
-Each process builds what train() builds (the preset's data on the device, its model, AdamW, bf16 on CUDA)
-and, once every process is ready, runs `--steps` training steps with augmentation and masking noise. The
+Each process builds what train() builds (the preset's data on the device, its model, train.TrainStep) and,
+once every process is ready, runs `--steps` training steps with augmentation and masking noise. The
 aggregate is all images over the span from the first start to the last end. This sizes the campaign's
 `--workers` and the gpu preset; results go to results/tables/side_by_side.csv with provenance.
 """
 import argparse
-import contextlib
 import dataclasses
 import queue
 import time
@@ -19,9 +18,10 @@ import pandas as pd
 import torch
 
 from mixedae_core.config import Config, make_config
+from mixedae_core.data import training_batches
+from mixedae_core.lab.provenance import REPO, provenance
 from mixedae_core.model import build_model
-from mixedae_core.provenance import REPO, device_name, provenance
-from mixedae_core.train import DeviceBatches, param_groups, resolve_device
+from mixedae_core.train import TrainStep, resolve_device
 
 
 def _train_steps(config_dict: dict, steps: int, warmup: int, compile_model: bool, barrier, out):
@@ -29,18 +29,11 @@ def _train_steps(config_dict: dict, steps: int, warmup: int, compile_model: bool
     device = resolve_device(c)
     torch.manual_seed(c.seed)
     model = build_model(c).to(device).train()
-    forward = torch.compile(model) if compile_model else model
-    batches = DeviceBatches(c, device, 0, 1)
-    fused = {"fused": True} if device.type == "cuda" else {}
-    opt = torch.optim.AdamW(param_groups(model, c.weight_decay), lr=c.lr, **fused)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
+    batches = training_batches(c, device)
+    train_step = TrainStep(model, c, compile_model=compile_model)
 
     def step(s):
-        for images, noise in batches.micro_batches(s):
-            with autocast:
-                forward(images, noise=noise).loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        train_step(batches.micro_batches(s), c.lr)
 
     for s in range(warmup):
         step(s)
@@ -95,7 +88,7 @@ def main():
     device = resolve_device(base)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    header = "".join(f"# {k}: {v}\n" for k, v in {**provenance(device), "device": device_name(device)}.items())
+    header = "".join(f"# {k}: {v}\n" for k, v in provenance(device).items())
     rows = []
     for batch in args.batch or [base.batch_size]:
         for w in args.workers:  # the fewest runs side by side first: a later failure keeps them

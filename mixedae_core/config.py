@@ -1,13 +1,14 @@
-"""The one config of a run (model switches + data + optimisation) and the named presets.
+"""The configs: `Config` (one pre-training run: model switches + data + optimisation), `EvalConfig` (the
+evaluation recipe) and the named presets, each with everything that differs between presets.
 
 `Config` extends `ModelConfig`, so `build_model(config)` takes it as it is. The CLI, the presets and the
-notebook parameters all produce a `Config`; every field can be overridden by name.
+notebooks all produce a `Config`; every field can be overridden by name. The comment after each field is
+its documentation: the command line's `--help` is generated from it.
 """
 import dataclasses
-import hashlib
-import json
-import types
-import typing
+import inspect
+import io
+import tokenize
 from dataclasses import dataclass
 
 from .data import NORMALIZATION, dataset_channels
@@ -16,23 +17,24 @@ from .model import ModelConfig
 
 @dataclass
 class Config(ModelConfig):
+    """A pre-training run: the model's switches (ModelConfig) plus data and optimisation."""
     dataset: str = "fashion-mnist"    # fashion-mnist | cifar10 | cifar100 | stl10 | synthetic | imagefolder:PATH
-    download: bool = False            # torchvision datasets: fetch them if missing
-    train_subset: int | None = None   # use the first n training images (CPU presets)
-    synthetic_size: int = 512         # images in the generated training set
-    group_by: str = "random"          # mixing groups from random images, or 'class': same-class groups
-    epochs: int = 1
-    max_steps: int | None = None      # stop after this many optimizer steps (equal-compute comparisons)
+    download: bool = False            # torchvision datasets: fetch them if missing (needs internet)
+    train_subset: int | None = None   # use the first n training images (None: all)
+    synthetic_size: int = 512         # images in the generated training set (dataset=synthetic)
+    group_by: str = "random"          # mixing groups of random images, or 'class': groups of one class
+    epochs: int = 1                   # passes over the training set
+    max_steps: int | None = None      # stop after this many optimizer steps (None: all epochs)
     batch_size: int = 256             # images per optimizer step, summed over processes and accumulation
-    accum_steps: int = 1
-    blr: float = 1.5e-4               # lr = blr * batch_size / 256, as MAE
-    min_lr: float = 0.0
-    warmup_epochs: float = 0.0
-    weight_decay: float = 0.05
-    beta1: float = 0.9
-    beta2: float = 0.95
-    seed: int = 0
-    device: str = "auto"              # auto = cuda when available, else cpu
+    accum_steps: int = 1              # micro-batches accumulated per optimizer step
+    blr: float = 1.5e-4               # base learning rate: lr = blr * batch_size / 256, as MAE
+    min_lr: float = 0.0               # learning rate at the end of the cosine schedule
+    warmup_epochs: float = 0.0        # linear warm-up from 0, in epochs (fractions allowed)
+    weight_decay: float = 0.05        # AdamW weight decay (not on norms, biases, tokens, embeddings)
+    beta1: float = 0.9                # AdamW beta1
+    beta2: float = 0.95               # AdamW beta2 (MAE's)
+    seed: int = 0                     # init, batch order, augmentation and masking/mixing noise
+    device: str = "auto"              # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     workers: int = 8                  # DataLoader workers (imagefolder only)
     log_every: int = 50               # steps between metric lines (and TopK-accuracy diagnostics)
 
@@ -81,54 +83,71 @@ class Config(ModelConfig):
         return dataclasses.asdict(self)
 
 
-# Fields that change how a run is logged or fetched, not what it computes: left out of the run key.
-NOT_IN_RUN_KEY = ("download", "workers", "log_every")
-
-
-def device_type(device: str) -> str:
-    """'cpu' or 'cuda': what a run computes depends on the kind of device (fp32 vs bf16), not its index."""
-    import torch
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device.split(":")[0]
-
-
-def run_key(config: Config, code_version: str, fields=None) -> str:
-    """A short hash of everything that determines a run's result (or of the named `fields` only)."""
-    fields = {k: v for k, v in config.to_dict().items()
-              if k not in NOT_IN_RUN_KEY and (fields is None or k in fields)}
-    if "device" in fields:
-        fields["device"] = device_type(fields["device"])
-    blob = json.dumps({"code": code_version, **fields}, sort_keys=True, default=list)
-    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+@dataclass
+class EvalConfig:
+    """The evaluation recipe of a pre-trained encoder (frozen features, object awareness, pretext scores)."""
+    knn_k: int = 20                   # neighbours of the weighted kNN classifier
+    knn_temperature: float = 0.07     # temperature of the kNN vote weights (DINO's)
+    probe_l2: float = 1e-4            # L2 penalty of the linear probe (logistic regression, standardised features)
+    probe_max_iter: int = 300         # L-BFGS iterations of the linear probe (full batch)
+    train_subset: int | None = None   # first n training images for kNN and probe (None: all)
+    test_subset: int | None = None    # first n test images (None: all)
+    attention_layer: int = -1         # encoder block whose [CLS] attention the object score reads
+    attention_mass: float = 0.6       # share of the [CLS] attention the attention region holds
+    batch_size: int = 500             # images per forward pass
+    baselines: bool = True            # also evaluate raw pixels and the randomly initialised encoder
+    pretext_images: int = 512         # test images for the shared-position loss and the cross-image reliance
 
 
 # ------------------------------------------------------------------------------------------ presets
+@dataclass(frozen=True)
+class Preset:
+    """Everything that differs between presets, in one place."""
+    train: dict                       # Config fields that differ from the defaults above
+    eval: EvalConfig                  # the evaluation recipe of its runs' records
+    seeds: tuple[int, ...]            # the seeds of the notebooks' headline comparisons
+    title: str                        # its section heading in results/README.md
+    note: str = ""                    # what its numbers can and cannot show, under that heading
+
+
 FASHION_CPU_MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, depth=6, num_heads=4,
                          decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=2)
-PRESETS = {
-    # Seconds on a CPU: a functional check of the whole pipeline (tests, CI).
-    "smoke": dict(dataset="synthetic", synthetic_size=128, img_size=16, patch_size=4, in_chans=3, embed_dim=32,
-                  depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
-                  epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu"),
-    # The embedded default: the 1.3 M-parameter model on Fashion-MNIST. Sized so that `make reproduce`
-    # (16 runs, 3 of them seeds of each method) fits an hour on a 2-core CPU: 24k images, one epoch,
-    # about 1.5 min per compose run (measured: MAE 302 img/s, MixedAE 249, full 87 on 2 cores).
-    "cpu": dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, train_subset=24000, epochs=1, batch_size=128,
-                blr=1e-3, warmup_epochs=0.1, log_every=25, device="cpu"),
-    # One GPU: the 16 runs of the suite side by side (`make reproduce PRESET=gpu WORKERS=6`) in about ten
-    # minutes of an H100. PROVISIONAL until a lent GPU measures it (scripts/gpu_suite.sh probe). Sized from
-    # earlier H200 timings of one process at batch 512 (MAE 11.4k img/s, MixedAE 9.1k, full ~1.4x
-    # MixedAE's step) and a hoped-for ~30k img/s over 6 runs side by side: the suite costs about 18 MAE
-    # runs, 18 x 10 epochs x 60k images / 30k img/s = 360 s.
-    "gpu": dict(dataset="fashion-mnist", img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=12,
-                num_heads=3, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
-                epochs=10, batch_size=512, blr=5e-4, warmup_epochs=1, log_every=20, device="cuda"),
-    # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs.
-    "imagenet": dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,
-                     embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
-                     decoder_num_heads=16, epochs=800, batch_size=4096, accum_steps=8, blr=1.5e-4,
-                     warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100, device="cuda"),
+PRESETS = {  # in the order results/README.md shows them: the headline first
+    "gpu": Preset(
+        # One GPU: the suite's runs side by side (`make reproduce PRESET=gpu WORKERS=6`) in about ten minutes of
+        # an H100. Provisional sizing from one-process H200 timings at batch 512 (MAE 11.4k img/s, MixedAE 9.1k,
+        # full ~1.4x MixedAE's step) and an assumed ~30k img/s over 6 runs side by side: the suite costs about
+        # 18 MAE runs, 18 x 10 epochs x 60k images / 30k img/s = 360 s. benchmarks/side_by_side.py measures it.
+        train=dict(dataset="fashion-mnist", img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=12,
+                   num_heads=3, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
+                   epochs=10, batch_size=512, blr=5e-4, warmup_epochs=1, log_every=20, device="cuda"),
+        eval=EvalConfig(batch_size=2000, pretext_images=2048), seeds=(0, 1, 2), title="Headline: GPU preset",
+        note="GPU preset: the scale at which the paper's effects can exceed seed noise."),
+    "cpu": Preset(
+        # The 1.3 M-parameter model on Fashion-MNIST, sized so that `make reproduce` (16 runs, 3 seeds of each
+        # method) fits an hour on a 2-core CPU: 24k images, one epoch, about 1.5 min per compose run
+        # (measured on 2 cores: MAE 302 img/s, MixedAE 249, full 87).
+        train=dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, train_subset=24000, epochs=1, batch_size=128,
+                   blr=1e-3, warmup_epochs=0.1, log_every=25, device="cpu"),
+        eval=EvalConfig(train_subset=5000, test_subset=1000), seeds=(0, 1, 2),
+        title="CPU preset (a demonstration of the pipeline, not evidence)",
+        note="CPU preset: a runnable demonstration of the pipeline on a 2-core machine. Each model trains for "
+             "minutes, far from the paper's hundreds of epochs: read every verdict against the seed spread "
+             "beside it; they say little about the paper's claims."),
+    "smoke": Preset(
+        # Seconds on a CPU: a functional check of the whole pipeline (tests, CI).
+        train=dict(dataset="synthetic", synthetic_size=128, img_size=16, patch_size=4, in_chans=3, embed_dim=32,
+                   depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
+                   epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu"),
+        eval=EvalConfig(batch_size=64, probe_max_iter=50), seeds=(0, 1, 2),
+        title="Smoke preset (functional check)", note="Smoke preset: functional check only; the numbers mean nothing."),
+    "imagenet": Preset(
+        # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs.
+        train=dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,
+                   embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
+                   decoder_num_heads=16, epochs=800, batch_size=4096, accum_steps=8, blr=1.5e-4,
+                   warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100, device="cuda"),
+        eval=EvalConfig(), seeds=(0,), title="ImageNet preset"),
 }
 
 
@@ -140,30 +159,22 @@ def make_config(preset: str = "cpu", **overrides) -> Config:
     if unknown:
         raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}; "
                          f"valid fields: {', '.join(f.name for f in dataclasses.fields(Config))}")
-    return Config(**{**PRESETS[preset], **overrides})
+    return Config(**{**PRESETS[preset].train, **overrides})
 
 
-def parse_value(cls, config_field: dataclasses.Field, text: str):
-    """A CLI string as the type of a field of dataclass `cls` (int, float, bool, str, optional, int tuple)."""
-    hint = typing.get_type_hints(cls)[config_field.name]
-    args = typing.get_args(hint)
-    optional = type(None) in args
-    if optional and text.lower() in ("none", "null", ""):
-        return None
-    if isinstance(hint, (types.UnionType, typing._UnionGenericAlias)):  # X | None
-        hint = next(a for a in args if a is not type(None))
-    if hint is bool:
-        if text.lower() in ("1", "true", "yes", "on"):
-            return True
-        if text.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"--{config_field.name} takes true or false, got {text!r}")
-    if typing.get_origin(hint) is tuple:
-        try:
-            return tuple(int(t) for t in text.replace(",", " ").split())
-        except ValueError:
-            raise ValueError(f"--{config_field.name} takes integers separated by commas, got {text!r}") from None
-    try:
-        return hint(text)
-    except ValueError:
-        raise ValueError(f"--{config_field.name} takes a value of type {hint.__name__}, got {text!r}") from None
+def field_docs(cls) -> dict[str, str]:
+    """{field name: the comment after it in the class body} for a dataclass and its bases."""
+    docs = {}
+    for klass in reversed(cls.__mro__):
+        if not dataclasses.is_dataclass(klass):
+            continue
+        tokens = tokenize.generate_tokens(io.StringIO(inspect.getsource(klass)).readline)
+        name = None
+        for tok in tokens:
+            if tok.type == tokenize.NL or tok.type == tokenize.NEWLINE:
+                name = None
+            elif tok.type == tokenize.NAME and name is None and tok.start[1] == 4:
+                name = tok.string  # the first name of a line in the class body
+            elif tok.type == tokenize.COMMENT and name in klass.__dataclass_fields__:
+                docs[name] = tok.string.lstrip("# ").strip()
+    return docs

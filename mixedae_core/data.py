@@ -235,3 +235,79 @@ def imagefolder_loader(path: str, img_size: int, batch_size: int, workers: int, 
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
+
+
+# ---------------------------------------------------------------------------------- batch iterators
+def step_generator(seed: int, stream: int, index: int, device: torch.device) -> torch.Generator:
+    """The generator of one random stream (1: epoch order, 2: crops and noise, 3: folder noise) at one index."""
+    return torch.Generator(device).manual_seed(seed * 1_000_003 + stream * 7_919 + index)
+
+
+def training_batches(config, device, rank: int = 0, world: int = 1):
+    """The training batches of a config: DeviceBatches for device-resident datasets, else FolderBatches."""
+    return (FolderBatches if config.dataset_kind == "imagefolder" else DeviceBatches)(config, device, rank, world)
+
+
+class DeviceBatches:
+    """A device-resident dataset cut into global batches; each process takes its shard of each one."""
+
+    def __init__(self, config, device, rank: int, world: int):
+        self.config, self.device, self.rank, self.world = config, device, rank, world
+        data = load_dataset(config.dataset_kind, "train", config.img_size, config.in_chans, config.download,
+                            config.synthetic_size, config.seed)
+        self.data = data.subset(config.train_subset).to(device)
+        self.name = data.name
+        self._order_epoch, self._order = None, None
+        self.steps_per_epoch = len(self._epoch_order(0)) // config.batch_size
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"{len(self.data)} training images give no full batch of {config.batch_size}")
+
+    def _epoch_order(self, epoch):
+        if epoch != self._order_epoch:
+            c = self.config
+            g = step_generator(c.seed, 1, epoch, torch.device("cpu"))
+            self._order = epoch_order(self.data.labels, c.batch_size, c.group_size, c.group_by, g).to(self.device)
+            self._order_epoch = epoch
+        return self._order
+
+    def micro_batches(self, step: int):
+        """[(images, noise)] for this process: accum_steps micro-batches of the global batch of `step`."""
+        c = self.config
+        epoch, i = divmod(step, self.steps_per_epoch)
+        idx = self._epoch_order(epoch)[i * c.batch_size:(i + 1) * c.batch_size]
+        g = step_generator(c.seed, 2, step, self.device)
+        images = random_resized_crop_flip(normalize(self.data.images[idx], self.name), c.img_size, g)
+        noise = torch.rand(c.batch_size // c.group_size, c.num_patches, generator=g, device=self.device)
+        m = c.batch_size // (c.accum_steps * self.world)
+        out = []
+        for a in range(c.accum_steps):
+            j = a * self.world + self.rank
+            out.append((images[j * m:(j + 1) * m], noise[j * m // c.group_size:(j + 1) * m // c.group_size]))
+        return out
+
+
+class FolderBatches:
+    """An image folder through DataLoader workers (ImageNet-scale data); shards by DistributedSampler."""
+
+    def __init__(self, config, device, rank: int, world: int):
+        self.config, self.device, self.rank = config, device, rank
+        m = config.batch_size // (config.accum_steps * world)
+        self.loader = imagefolder_loader(config.dataset.split(":", 1)[1], config.img_size, m, config.workers,
+                                         config.seed, rank, world)
+        self.steps_per_epoch = len(self.loader) // config.accum_steps
+        self._epoch, self._iter = None, None
+
+    def micro_batches(self, step: int):
+        c = self.config
+        epoch, i = divmod(step, self.steps_per_epoch)
+        if epoch != self._epoch:  # after a resume mid-epoch, skip the batches already seen
+            self.loader.sampler.set_epoch(epoch)
+            self._iter, self._epoch = iter(self.loader), epoch
+            for _ in range(i * c.accum_steps):
+                next(self._iter)
+        g = step_generator(c.seed, 3, step * 1000 + self.rank, self.device)
+        out = []
+        for _ in range(c.accum_steps):
+            images = next(self._iter)[0].to(self.device, non_blocking=True)
+            out.append((images, torch.rand(len(images) // c.group_size, c.num_patches, generator=g, device=self.device)))
+        return out

@@ -5,40 +5,17 @@ Features come from the encoder with global attention on whole, unmixed images (`
 what a stock timm ViT loaded with the encoder computes. Two features per image: the [CLS] token and
 the mean of the patch tokens, both after the final norm.
 """
-import contextlib
 import dataclasses
-import json
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import Config, run_key
+from .config import Config, EvalConfig
 from .data import TensorDataset, epoch_order, load_dataset, normalize, random_resized_crop_flip
 from .mixing import draw_partition
-from .model import MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
-from .provenance import provenance
-from .train import load_model, lr_schedule, resolve_device, runs_root, write_text_atomic
-
-EVAL_VERSION = "2"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
-
-
-@dataclass
-class EvalConfig:
-    """The fixed evaluation recipe. Subsets keep CPU suites inside their time budget."""
-    knn_k: int = 20
-    knn_temperature: float = 0.07     # DINO's
-    probe_l2: float = 1e-4            # L2 penalty of the logistic regression (on standardised features)
-    probe_max_iter: int = 300         # L-BFGS iterations (full batch): converged well before on our data
-    train_subset: int | None = None   # first n training images (None = all)
-    test_subset: int | None = None
-    attention_layer: int = -1         # encoder block whose [CLS] attention the object score reads
-    attention_mass: float = 0.6       # the attention region holds this share of the [CLS] attention
-    batch_size: int = 500
-    baselines: bool = True            # also evaluate raw pixels and a randomly initialised encoder
-    pretext_images: int = 512         # test images for the loss on shared positions and the cross-image reliance
+from .model import MixedAutoencoderViT, build_model, timm_encoder
+from .train import autocast, lr_schedule, make_optimizer
 
 
 # ------------------------------------------------------------------------------------------ features
@@ -242,9 +219,8 @@ def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDatas
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train)} training images give no full fine-tuning batch of {batch_size}")
     lrs = lr_schedule(blr * batch_size / 256, 0.0, epochs * steps_per_epoch, steps_per_epoch)  # 1 warm-up epoch
-    opt = torch.optim.AdamW(vit.parameters(), lr=float(lrs[0]), weight_decay=weight_decay)
+    opt = make_optimizer(vit, float(lrs[0]), weight_decay, betas=(0.9, 0.999))
     g = torch.Generator(device).manual_seed(seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
     step = 0
     for _ in tqdm(range(epochs), disable=not progress, desc="fine-tune"):
         order = torch.randperm(len(train), generator=g, device=device)
@@ -253,7 +229,7 @@ def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDatas
             x = random_resized_crop_flip(normalize(train.images[idx].to(device), train.name), c.img_size, g)
             for group in opt.param_groups:
                 group["lr"] = float(lrs[step])
-            with autocast:
+            with autocast(device):
                 loss = F.cross_entropy(vit(x), train.labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -268,12 +244,8 @@ def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDatas
     return correct / len(test)
 
 
-# ------------------------------------------------------------------------------------------ whole runs
-def eval_key(ec: EvalConfig) -> dict:
-    return {"eval_version": EVAL_VERSION, **dataclasses.asdict(ec)}
-
-
-def _splits(config: Config, ec: EvalConfig):
+# ------------------------------------------------------------------------------------------ whole models
+def eval_splits(config: Config, ec: EvalConfig) -> tuple[TensorDataset, TensorDataset]:
     if config.dataset_kind == "imagefolder":
         raise ValueError("evaluation needs a device-resident dataset with a test split (fashion-mnist, cifar10, "
                          "cifar100, stl10, synthetic); for image folders fine-tune with your own pipeline")
@@ -287,7 +259,7 @@ def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, p
     """kNN and linear probe on [CLS] and mean-pooled features, the object-awareness IoU and, with
     `pretext`, the pretext measurements of `pretext_scores`."""
     device = next(model.parameters()).device
-    train, test = _splits(config, ec)
+    train, test = eval_splits(config, ec)
     train_y, test_y = train.labels.to(device), test.labels.to(device)
     tr = extract_features(model, train.images, train.name, ec.batch_size, progress)
     te = extract_features(model, test.images, test.name, ec.batch_size, progress)
@@ -307,7 +279,7 @@ def pretext_scores(model: MixedAutoencoderViT, config: Config, test: TensorDatas
     each with the images laid out as random groups and as same-class groups of G.
     Keys: shared_loss_random, shared_loss_class, reliance_random, reliance_class."""
     device = next(model.parameters()).device
-    G, N = round(1 / config.mix_ratio), config.num_patches  # the mixing methods' G; MAE sees the same groups
+    G, N = config.mix_group_size, config.num_patches  # the mixing methods' G; MAE sees the same groups
     n = min(n_images, len(test) // 2) // G * G
     if n == 0:
         raise ValueError(f"pretext scores need at least 2 x G = {2 * G} test images, the test split has {len(test)}")
@@ -333,51 +305,16 @@ def mae_twin(config: Config) -> Config:
                                mix_mode="compose")
 
 
-def evaluate_baselines(config: Config, ec: EvalConfig, device, root=None, progress: bool = False) -> dict:
-    """Raw pixels and the randomly initialised encoder, evaluated like a run; cached once per
-    (sizes, data, seed, recipe) under the run cache, since every run of a comparison shares them."""
+def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
+    """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model:
+    {'random_init': scores, 'raw_pixels': scores}."""
     base = mae_twin(config)
-    depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device"}
-    key = run_key(base, EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
-    path = Path(root or runs_root()) / "baselines" / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
     torch.manual_seed(config.seed)
     random_init = build_model(base).to(device)
     result = {"random_init": evaluate_model(random_init, base, ec, progress, pretext=False)}
-    train, test = _splits(config, ec)
+    train, test = eval_splits(config, ec)
     pixels = frozen_scores({"pixels": pixel_features(train.images.to(device), train.name)}, train.labels.to(device),
                            {"pixels": pixel_features(test.images.to(device), test.name)}, test.labels.to(device),
                            ec, train.num_classes)
     result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(result, indent=1))
-    return result
-
-
-def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = None, progress: bool = True,
-                 baselines_root=None) -> dict:
-    """eval.json of a finished run, computed once per evaluation recipe (cached in the run directory).
-    scores: {'encoder': ..., 'random_init': ..., 'raw_pixels': ...} (baselines when ec.baselines)."""
-    ec = ec or EvalConfig()
-    run_dir = Path(run_dir)
-    path = run_dir / "eval.json"
-    if path.exists():
-        cached = json.loads(path.read_text())
-        if cached.get("eval") == eval_key(ec):
-            return cached
-    if not (run_dir / "checkpoint.pt").exists():
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: is it a run directory?")
-    if not (run_dir / "summary.json").exists():
-        raise FileNotFoundError(f"{run_dir} has not finished (no summary.json): resume it first "
-                                "(python -m mixedae_core pretrain --out RUN_DIR --resume ...)")
-    config = Config(**json.loads((run_dir / "config.json").read_text()))  # to pick the device before loading
-    dev = torch.device(device) if device else resolve_device(config)
-    model, config = load_model(run_dir, dev)
-    scores = {"encoder": evaluate_model(model, config, ec, progress)}
-    if ec.baselines:
-        scores.update(evaluate_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
-    result = {"run": run_dir.name, "eval": eval_key(ec), "config": config.to_dict(), "scores": scores,
-              "provenance": provenance(dev)}
-    write_text_atomic(path, json.dumps(result, indent=1))
     return result

@@ -5,6 +5,7 @@ masking and loss; checked against its outputs in tests/test_mae_parity.py). The 
 same encoder and decoder: they only change which tokens enter the encoder, which tokens each image's
 decoder sequence gets, the attention of the homologous layers and (MixedAE) add one loss.
 """
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -29,27 +30,27 @@ class ModelConfig:
     "the method's default"; setting them for another method is an error. `hc_weight` and
     `hc_temperature` are read by MixedAE only.
     """
-    method: str = "mixedae"
-    img_size: int = 32
-    patch_size: int = 4
-    in_chans: int = 3
-    embed_dim: int = 192
-    depth: int = 12
-    num_heads: int = 3
-    decoder_embed_dim: int = 128
-    decoder_depth: int = 4
-    decoder_num_heads: int = 4
-    mlp_ratio: float = 4.0
-    norm_pix_loss: bool = True
-    mask_ratio: float = 0.75          # MAE only: mixing sets visibility through mix_ratio
+    method: str = "mixedae"           # mae | naive (MAE + naive mixing) | mixedae
+    img_size: int = 32                # input images are img_size x img_size
+    patch_size: int = 4               # patch side; N = (img_size / patch_size)^2 positions
+    in_chans: int = 3                 # image channels
+    embed_dim: int = 192              # encoder width
+    depth: int = 12                   # encoder blocks
+    num_heads: int = 3                # encoder attention heads
+    decoder_embed_dim: int = 128      # decoder width
+    decoder_depth: int = 4            # decoder blocks
+    decoder_num_heads: int = 4        # decoder attention heads
+    mlp_ratio: float = 4.0            # MLP hidden width / block width
+    norm_pix_loss: bool = True        # reconstruct per-patch standardised pixels (MAE's norm_pix_loss)
+    mask_ratio: float = 0.75          # MAE only: share of patches hidden (mixing sets visibility via mix_ratio)
     mix_ratio: float = 0.25           # r: share of positions one image fills; G = 1/r images per group
-    mix_mode: str = "compose"         # compose | full
+    mix_mode: str = "compose"         # compose (one sequence per group) | full (G sequences per group)
     seg_embed: str | None = None      # encoder | decoder | none; None = 'encoder' for mixedae
-    topk: int | None = None           # keys kept per patch query; None = rN + 1 (own patches + [CLS])
+    topk: int | None = None           # keys kept per patch query, [CLS] counted; None = rN + 1
     homologous_layers: tuple[int, ...] | None = None  # encoder blocks with TopK attention; None = all
-    hc_weight: float = 0.1
-    hc_temperature: float = 0.1
-    hc_proj_dim: int = 128
+    hc_weight: float = 0.1            # weight of the homologous contrastive loss in the total loss
+    hc_temperature: float = 0.1       # temperature of the homologous contrastive loss
+    hc_proj_dim: int = 128            # output width of the contrastive projection head
 
     def __post_init__(self):
         if self.homologous_layers is not None:
@@ -65,9 +66,15 @@ class ModelConfig:
         return self.method in ("naive", "mixedae")
 
     @property
+    def mix_group_size(self) -> int:
+        """G = 1/mix_ratio: the images a mixing method puts in one group (MAE is shown the same groups
+        where methods are compared on identical positions)."""
+        return round(1 / self.mix_ratio) if self.mix_ratio > 0 else 0
+
+    @property
     def group_size(self) -> int:
         """G: images per mixing group (1 for MAE)."""
-        return round(1 / self.mix_ratio) if self.mixes else 1
+        return self.mix_group_size if self.mixes else 1
 
     @property
     def resolved_seg_embed(self) -> str:
@@ -86,6 +93,14 @@ class ModelConfig:
         if self.method != "mixedae":
             return ()
         return self.homologous_layers if self.homologous_layers is not None else tuple(range(self.depth))
+
+    def canonical(self):
+        """A copy with every MixedAE switch that equals its default set back to None, so that `topk=rN + 1`
+        and `topk=None` (and likewise seg_embed, homologous_layers) name the same model."""
+        defaults = {"topk": self.method == "mixedae" and self.topk == self.num_patches // self.group_size + 1,
+                    "seg_embed": self.seg_embed == ("encoder" if self.method == "mixedae" else "none"),
+                    "homologous_layers": self.method == "mixedae" and self.homologous_layers == tuple(range(self.depth))}
+        return dataclasses.replace(self, **{name: None for name, is_default in defaults.items() if is_default})
 
     def validate(self):
         def bad(msg):
@@ -115,7 +130,7 @@ class ModelConfig:
             bad("mix_mode is a mixing switch; method='mae' does not mix")
         if not self.mixes:
             return
-        G = round(1 / self.mix_ratio) if self.mix_ratio > 0 else 0
+        G = self.mix_group_size
         if G < 2 or abs(G * self.mix_ratio - 1) > 1e-9:
             bad(f"mix_ratio must be 1/G for an integer G >= 2 (0.5, 0.25, ...), got {self.mix_ratio}")
         if self.num_patches % G:
@@ -172,44 +187,55 @@ class HomologousAttention(Attention):
 
     Parameter-free: the parameters are timm's (`qkv`, `proj`), so the weights load into a stock ViT.
     `topk=None` is global attention (timm's own code path). The [CLS] query (token 0) always attends
-    globally. With `record=True` the forward keeps the attention probabilities (`last_attention`,
-    [B, H, T, T]) and the kept keys (`last_selection`, [B, H, T-1, T], patch queries only).
-    The model sets `topk` and `record` before every encoder pass.
+    globally. With `return_attention=True` the forward returns `(x, probs, selection)`: the attention
+    probabilities [B, H, T, T] and the kept keys [B, H, T-1, T] of the patch queries (None when
+    nothing is dropped), as DINO returns attention by argument.
     """
-    topk: int | None = None
-    record: bool = False
-    last_attention: torch.Tensor | None = None
-    last_selection: torch.Tensor | None = None
 
-    def forward(self, x, attn_mask=None, is_causal=False):
-        if self.topk is None and not self.record:
+    def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False):
+        if topk is None and not return_attention:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None or is_causal or self.gate is not None:
-            raise ValueError("HomologousAttention's TopK/recording path supports neither attn_mask, is_causal "
-                             "nor gated attention")
+            raise ValueError("HomologousAttention's TopK/attention-returning path supports neither attn_mask, "
+                             "is_causal nor gated attention")
         B, T, _ = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
         keep = selection = None
-        if self.topk is not None and self.topk < T:
+        if topk is not None and topk < T:
             # The selection is discrete (no gradient flows through it): find it without autograd, then
             # run the attention itself in the fused kernel under a boolean mask.
             with torch.no_grad():
                 patch_logits = (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1)
-                kept = patch_logits.topk(self.topk, dim=-1, sorted=False).indices
+                kept = patch_logits.topk(topk, dim=-1, sorted=False).indices
                 selection = torch.zeros_like(patch_logits, dtype=torch.bool).scatter_(-1, kept, True)
                 keep = torch.cat([torch.ones_like(selection[:, :, :1]), selection], dim=2)  # [CLS] row: global
-        if self.record:
-            logits = (q * self.scale) @ k.transpose(-2, -1)
-            if keep is not None:
-                logits = logits.masked_fill(~keep, float("-inf"))
-            self.last_attention = logits.softmax(dim=-1).detach()
-            self.last_selection = selection
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
                                            dropout_p=self.attn_drop.p if self.training else 0.0)
-        x = x.transpose(1, 2).reshape(B, T, self.attn_dim)
-        return self.proj_drop(self.proj(self.norm(x)))
+        x = self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(B, T, self.attn_dim))))
+        if not return_attention:
+            return x
+        logits = (q * self.scale) @ k.transpose(-2, -1)
+        if keep is not None:
+            logits = logits.masked_fill(~keep, float("-inf"))
+        return x, logits.softmax(dim=-1).detach(), selection
+
+
+class HomologousBlock(Block):
+    """timm `Block` whose attention takes `topk` and can return its attention (see HomologousAttention)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, attn_layer=HomologousAttention, **kwargs)
+
+    def forward(self, x, topk: int | None = None, return_attention: bool = False):
+        y = self.attn(self.norm1(x), topk=topk, return_attention=return_attention)
+        probs = selection = None
+        if return_attention:
+            y, probs, selection = y
+        x = x + self.drop_path1(self.ls1(y))
+        x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
+        return x, probs, selection
 
 
 def topk_accuracy(selection: torch.Tensor | None, src: torch.Tensor) -> torch.Tensor:
@@ -239,8 +265,7 @@ class MixedAutoencoderViT(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, c.embed_dim))
         self.pos_embed = nn.Parameter(torch.zeros(1, num_patches + 1, c.embed_dim), requires_grad=False)
         self.blocks = nn.ModuleList([
-            Block(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer,
-                  attn_layer=HomologousAttention)
+            HomologousBlock(c.embed_dim, c.num_heads, c.mlp_ratio, qkv_bias=True, norm_layer=norm_layer)
             for _ in range(c.depth)])
         self.norm = norm_layer(c.embed_dim)
 
@@ -313,24 +338,19 @@ class MixedAutoencoderViT(nn.Module):
         mask = torch.gather(mask, dim=1, index=ids_restore)
         return x_masked, mask, ids_restore
 
-    def encode(self, x, topk=None, record=False):
-        """Run the encoder blocks on [E, T, D] tokens ([CLS] first); TopK in the homologous layers."""
+    def encode(self, x, topk=None, return_attention=False):
+        """Run the encoder blocks on [E, T, D] tokens ([CLS] first), TopK in the homologous layers.
+        Returns (normalised tokens, per-block attention probabilities, per-block TopK selections); the
+        lists are None unless `return_attention`."""
         homologous = self.config.resolved_homologous_layers
-        for i, blk in enumerate(self.blocks):
-            blk.attn.topk = topk if i in homologous else None
-            blk.attn.record = record
-            x = blk(x)
-        return self.norm(x)
-
-    def _take_records(self):
-        """(attention probs, TopK selections) recorded by the last `encode(record=True)`, per block."""
         attentions, selections = [], []
-        for blk in self.blocks:
-            attentions.append(blk.attn.last_attention)
-            selections.append(blk.attn.last_selection)
-            blk.attn.record = False
-            blk.attn.last_attention = blk.attn.last_selection = None
-        return attentions, selections
+        for i, blk in enumerate(self.blocks):
+            x, probs, selection = blk(x, topk if i in homologous else None, return_attention)
+            attentions.append(probs)
+            selections.append(selection)
+        if not return_attention:
+            attentions = selections = None
+        return self.norm(x), attentions, selections
 
     def decode(self, x):
         """Decoder on full-length [B, 1 + N, Dd] sequences; returns [B, N, p*p*C]."""
@@ -348,10 +368,8 @@ class MixedAutoencoderViT(nn.Module):
         Returns normalised tokens [B, 1 + N, D] (and the attention of every block if asked).
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        x = self.encode(torch.cat([self._cls(x.shape[0]), x], dim=1), topk=None, record=return_attention)
-        if return_attention:
-            return x, self._take_records()[0]
-        return x
+        x, attentions, _ = self.encode(torch.cat([self._cls(x.shape[0]), x], dim=1), None, return_attention)
+        return (x, attentions) if return_attention else x
 
     # ------------------------------------------------------------------ forward
     def forward(self, imgs, mask_ratio=None, noise=None, diagnostics=False, return_attention=False) -> ModelOutput:
@@ -363,7 +381,7 @@ class MixedAutoencoderViT(nn.Module):
         if imgs.ndim != 4 or imgs.shape[1:] != (c.in_chans, c.img_size, c.img_size):
             raise ValueError(f"expected images [B, {c.in_chans}, {c.img_size}, {c.img_size}], "
                              f"got {tuple(imgs.shape)}")
-        record = diagnostics or return_attention
+        need_attention = diagnostics or return_attention
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
         target = self.patchify(imgs)
         if c.norm_pix_loss:
@@ -371,7 +389,7 @@ class MixedAutoencoderViT(nn.Module):
 
         if not c.mixes:
             x, mask, ids_restore = self.random_masking(x, c.mask_ratio if mask_ratio is None else mask_ratio, noise)
-            latent = self.encode(torch.cat([self._cls(B), x], dim=1), record=record)
+            latent, attentions, _ = self.encode(torch.cat([self._cls(B), x], dim=1), None, need_attention)
             y = self.decoder_embed(latent)
             mask_tokens = self.mask_token.repeat(B, ids_restore.shape[1] + 1 - y.shape[1], 1)
             y_ = torch.cat([y[:, 1:, :], mask_tokens], dim=1)
@@ -382,7 +400,7 @@ class MixedAutoencoderViT(nn.Module):
             return ModelOutput(loss=loss, loss_rec=loss, loss_hc=torch.zeros((), device=imgs.device),
                                pred=pred, mask=mask, src=src, seq_of_image=torch.arange(B, device=imgs.device),
                                loss_per_image=loss_per_image, ids_restore=ids_restore,
-                               attentions=self._take_records()[0] if record else None)
+                               attentions=attentions)
 
         G = c.group_size
         if B % G:
@@ -394,7 +412,8 @@ class MixedAutoencoderViT(nn.Module):
         seg = c.resolved_seg_embed
         if seg == "encoder":
             mixed = mixed + self.seg_embed[src]
-        latent = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1), c.resolved_topk, record)
+        latent, attentions, selections = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1),
+                                                     c.resolved_topk, need_attention)
 
         # Unmix: image b's decoder sequence holds its own encoded tokens and mask tokens elsewhere;
         # it never receives another image's patch tokens.
@@ -414,7 +433,6 @@ class MixedAutoencoderViT(nn.Module):
             loss_hc = homologous_contrastive_loss(z, src, c.hc_temperature)
         loss = loss_rec + c.hc_weight * loss_hc if self.hc_head is not None else loss_rec
 
-        attentions, selections = self._take_records() if record else (None, None)
         topk_acc = None
         if diagnostics and c.resolved_homologous_layers:
             topk_acc = torch.stack([topk_accuracy(selections[i], src) for i in c.resolved_homologous_layers])

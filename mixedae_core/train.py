@@ -1,13 +1,10 @@
-"""Pre-training: `train(config, run_dir)`, from one CPU core to torchrun on many GPUs, and the run cache.
+"""Pre-training: `train(config, run_dir)`, from one CPU core to torchrun on many GPUs.
 
-A run directory holds config.json, metrics.jsonl (one JSON object per logged step and per epoch),
-checkpoint.pt (written atomically at every epoch end, on SIGTERM/SIGINT and at the end) and, once the
-run has finished, summary.json.
-
-Every random draw of step s (batch order, crops, flips, masking or mixing noise) comes from generators
-seeded with (seed, epoch) or (seed, s) and is drawn for the whole global batch on every process, which
-then takes its own shard. So a resumed run, and a run on any number of processes, sees exactly the
-batches of one uninterrupted single-process run (for device-resident datasets).
+The run directory's files are described in runfiles.py. Every random draw of step s (batch order, crops,
+flips, masking or mixing noise) comes from generators seeded with (seed, epoch) or (seed, s) and is drawn
+for the whole global batch on every process, which then takes its own shard. So a resumed run, and a run
+on any number of processes, sees exactly the batches of one uninterrupted single-process run (for
+device-resident datasets).
 """
 import contextlib
 import json
@@ -23,13 +20,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .config import Config, run_key
-from .data import imagefolder_loader, load_dataset, normalize, random_resized_crop_flip, epoch_order
+from .config import Config
+from .data import training_batches
 from .model import build_model
-from .provenance import REPO, provenance
+from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, read_metrics, save_atomic, write_text_atomic
 
 CODE_VERSION = "1"  # bump when a change alters what a run computes: cached runs are then retrained
 NO_WEIGHT_DECAY = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "seg_embed")
+LOSSES = ("loss", "loss_rec", "loss_hc")
 
 
 class NonFiniteLossError(RuntimeError):
@@ -38,6 +36,44 @@ class NonFiniteLossError(RuntimeError):
 
 class RunExistsError(RuntimeError):
     pass
+
+
+# ------------------------------------------------------------------------------------- devices, processes
+def resolve_device(config: Config, local_rank: int = 0) -> torch.device:
+    if config.device == "auto":
+        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
+    if config.device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device={config.device!r} but no CUDA device is visible; use --device cpu")
+    if config.device == "cuda":
+        return torch.device(f"cuda:{local_rank}")
+    return torch.device(config.device)
+
+
+def describe_device(device) -> str:
+    """'NVIDIA H100 80GB HBM3' or 'CPU x86_64 (2 threads)': what a timing was measured on."""
+    import platform
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
+
+
+def distributed_context(config: Config):
+    """(rank, world size, device) from torchrun's environment; initialises the process group
+    (NCCL for CUDA runs, gloo for CPU runs)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = resolve_device(config, local_rank)
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return rank, world, device
+
+
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA; fp32 on CPU (measured there: bf16 autocast made the step slower)."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------- schedule, optimiser
@@ -60,126 +96,83 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-# ------------------------------------------------------------------------------------- processes, devices
-def distributed_context(config: Config):
-    """(rank, world size, device) from torchrun's environment; initialises the process group
-    (NCCL for CUDA runs, gloo for CPU runs)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
-    device = resolve_device(config, local_rank)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return rank, world, device
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)):
+    """AdamW over `param_groups`; the fused kernel on CUDA."""
+    fused = next(model.parameters()).device.type == "cuda"
+    return torch.optim.AdamW(param_groups(model, weight_decay), lr=lr, betas=betas, fused=fused)
 
 
-def resolve_device(config: Config, local_rank: int = 0) -> torch.device:
-    if config.device == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={config.device!r} but no CUDA device is visible; use --device cpu")
-    if config.device == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(config.device)
+class TrainStep:
+    """One optimizer step of a pre-training model: forward and backward over the micro-batches of a
+    global batch (bf16 autocast on CUDA), AdamW. Training, the timing of methods and the benchmarks all
+    step through this one class, so they time what trains."""
+
+    def __init__(self, model, config: Config, ddp: DistributedDataParallel | None = None,
+                 compile_model: bool = False):
+        self.model, self.config = model, config
+        self.device = next(model.parameters()).device
+        self.optimizer = make_optimizer(model, config.lr, config.weight_decay, (config.beta1, config.beta2))
+        forward = ddp or model
+        self.forward = torch.compile(forward) if compile_model else forward
+
+    def __call__(self, micro_batches, lr: float, diagnostics: bool = False) -> dict[str, torch.Tensor]:
+        """Returns the losses (and, with `diagnostics`, MixedAE's TopK accuracy per homologous layer), each
+        the mean over the micro-batches, as tensors on the device: reading them is up to the caller."""
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        parts = {}
+        for i, (images, noise) in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            no_sync = self.forward.no_sync if isinstance(self.forward, DistributedDataParallel) and not last \
+                else contextlib.nullcontext
+            with no_sync(), autocast(self.device):
+                out = self.forward(images, noise=noise, diagnostics=diagnostics and self.config.method == "mixedae")
+            (out.loss / len(micro_batches)).backward()
+            values = {k: getattr(out, k).detach().float() for k in LOSSES}
+            if out.topk_acc is not None:
+                values["topk_acc_layers"] = out.topk_acc.detach().float()
+            for k, v in values.items():
+                parts[k] = parts.get(k, 0) + v / len(micro_batches)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return parts
 
 
-def step_generator(seed: int, stream: int, index: int, device: torch.device) -> torch.Generator:
-    return torch.Generator(device).manual_seed(seed * 1_000_003 + stream * 7_919 + index)
+# ------------------------------------------------------------------------------------- logging, stopping
+class MetricLog:
+    """metrics.jsonl of rank 0: a line per logged step (losses, lr, img/s, TopK accuracy) and one per epoch
+    (the epoch's mean losses, kept in the checkpointed `sums` so that a resumed epoch's mean is exact)."""
 
+    def __init__(self, run_dir: Path, rank: int, world: int, images: int):
+        self.path, self.rank, self.world = run_dir / METRICS, rank, world
+        self.window = (time.perf_counter(), images)  # img/s is measured between logged steps
 
-# ------------------------------------------------------------------------------------- batches
-class DeviceBatches:
-    """A device-resident dataset cut into global batches; each process takes its shard of each one."""
+    def values(self, parts: dict[str, torch.Tensor]) -> dict:
+        """The step's parts as floats, averaged over processes (one all-reduce per part)."""
+        if self.world > 1:
+            for v in parts.values():
+                dist.all_reduce(v)
+                v /= self.world
+        return {k: v.tolist() for k, v in parts.items()}
 
-    def __init__(self, config: Config, device, rank: int, world: int):
-        self.config, self.device, self.rank, self.world = config, device, rank, world
-        data = load_dataset(config.dataset_kind, "train", config.img_size, config.in_chans, config.download,
-                            config.synthetic_size, config.seed)
-        self.data = data.subset(config.train_subset).to(device)
-        self.name = data.name
-        self._order_epoch, self._order = None, None
-        self.steps_per_epoch = len(self._epoch_order(0)) // config.batch_size
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.data)} training images give no full batch of {config.batch_size}")
+    def write(self, record: dict):
+        if self.rank == 0:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
 
-    def _epoch_order(self, epoch):
-        if epoch != self._order_epoch:
-            c = self.config
-            g = step_generator(c.seed, 1, epoch, torch.device("cpu"))
-            self._order = epoch_order(self.data.labels, c.batch_size, c.group_size, c.group_by, g).to(self.device)
-            self._order_epoch = epoch
-        return self._order
+    def step(self, step: int, epoch: int, lr: float, values: dict, images: int, seconds: float):
+        now = time.perf_counter()
+        record = {"kind": "step", "step": step, "epoch": epoch, "lr": lr, **{k: values[k] for k in LOSSES},
+                  "img_per_s": (images - self.window[1]) / max(now - self.window[0], 1e-9), "seconds": seconds}
+        if "topk_acc_layers" in values:
+            record["topk_acc"] = float(np.mean(values["topk_acc_layers"]))
+            record["topk_acc_layers"] = values["topk_acc_layers"]
+        self.write(record)
+        self.window = (now, images)
 
-    def micro_batches(self, step: int):
-        """[(images, noise)] for this process: accum_steps micro-batches of the global batch of `step`."""
-        c = self.config
-        epoch, i = divmod(step, self.steps_per_epoch)
-        idx = self._epoch_order(epoch)[i * c.batch_size:(i + 1) * c.batch_size]
-        g = step_generator(c.seed, 2, step, self.device)
-        images = random_resized_crop_flip(normalize(self.data.images[idx], self.name), c.img_size, g)
-        noise = torch.rand(c.batch_size // c.group_size, c.num_patches, generator=g, device=self.device)
-        m = c.batch_size // (c.accum_steps * self.world)
-        out = []
-        for a in range(c.accum_steps):
-            j = a * self.world + self.rank
-            out.append((images[j * m:(j + 1) * m], noise[j * m // c.group_size:(j + 1) * m // c.group_size]))
-        return out
-
-
-class FolderBatches:
-    """An image folder through DataLoader workers (ImageNet-scale data); shards by DistributedSampler."""
-
-    def __init__(self, config: Config, device, rank: int, world: int):
-        self.config, self.device, self.rank = config, device, rank
-        m = config.batch_size // (config.accum_steps * world)
-        self.loader = imagefolder_loader(config.dataset.split(":", 1)[1], config.img_size, m, config.workers,
-                                         config.seed, rank, world)
-        self.steps_per_epoch = len(self.loader) // config.accum_steps
-        self._epoch, self._iter = None, None
-
-    def micro_batches(self, step: int):
-        c = self.config
-        epoch, i = divmod(step, self.steps_per_epoch)
-        if epoch != self._epoch:  # after a resume mid-epoch, skip the batches already seen
-            self.loader.sampler.set_epoch(epoch)
-            self._iter, self._epoch = iter(self.loader), epoch
-            for _ in range(i * c.accum_steps):
-                next(self._iter)
-        g = step_generator(c.seed, 3, step * 1000 + self.rank, self.device)
-        out = []
-        for _ in range(c.accum_steps):
-            images = next(self._iter)[0].to(self.device, non_blocking=True)
-            out.append((images, torch.rand(len(images) // c.group_size, c.num_patches, generator=g, device=self.device)))
-        return out
-
-
-# ------------------------------------------------------------------------------------- checkpoints
-def save_atomic(obj, path: Path):
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_text_atomic(path: Path, text: str):
-    """Readers never see a half-written file: write beside it, then rename."""
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write the same file
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def read_metrics(run_dir: Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def load_model(run_dir, device="cpu"):
-    """(model in eval mode, Config) of a run directory's newest checkpoint."""
-    ckpt = torch.load(Path(run_dir) / "checkpoint.pt", map_location=device, weights_only=False)
-    config = Config(**ckpt["config"])
-    model = build_model(config).to(device)
-    model.load_state_dict(ckpt["model"])
-    return model.eval(), config
+    def epoch(self, step: int, epoch: int, sums: dict, seconds: float):
+        self.write({"kind": "epoch", "step": step, "epoch": epoch,
+                    **{k: sums[k] / sums["steps"] for k in LOSSES}, "seconds": seconds})
 
 
 class StopRequest:
@@ -203,182 +196,135 @@ class StopRequest:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 
+    def agreed(self, device, world: int) -> int:
+        """The signal number, the same on every process (all must stop after the same step)."""
+        if world == 1:
+            return self.signum
+        flag = torch.tensor(float(self.signum), device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item())
 
-# ------------------------------------------------------------------------------------- the loop
-def train(config: Config, run_dir, resume: bool = True, progress: bool = True) -> dict:
-    """Pre-train `config` in `run_dir` (resuming its checkpoint when `resume`); returns the summary."""
-    run_dir = Path(run_dir)
-    rank, world, device = distributed_context(config)
-    c = config
-    if c.batch_size % (c.accum_steps * world * c.group_size):
-        raise ValueError(f"batch_size {c.batch_size} must split into accum_steps x processes = "
-                         f"{c.accum_steps} x {world} micro-batches that are multiples of G = {c.group_size}")
-    ckpt_path = run_dir / "checkpoint.pt"
+
+# ------------------------------------------------------------------------------------- run directory
+def open_run_dir(config: Config, run_dir: Path, resume: bool, rank: int):
+    """Refuse to overwrite another run; write config.json (rank 0)."""
+    ckpt_path, saved = run_dir / CHECKPOINT, run_dir / CONFIG
     if ckpt_path.exists() and not resume:
         raise RunExistsError(f"{run_dir} already holds a run (checkpoint.pt): resume it, or choose another directory")
-    saved = run_dir / "config.json"
-    if saved.exists() and ckpt_path.exists() and Config(**json.loads(saved.read_text())) != c:
+    if saved.exists() and ckpt_path.exists() and \
+            Config(**json.loads(saved.read_text())).canonical() != config.canonical():
         raise RunExistsError(f"{run_dir} holds a run with another config (see its config.json); "
                              "choose another directory")
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(saved, json.dumps(c.to_dict(), indent=1))
+        write_text_atomic(saved, json.dumps(config.to_dict(), indent=1))
+
+
+def save_checkpoint(model, optimizer, state: dict, config: Config, run_dir: Path, rank: int):
+    # A huge update can leave the weights non-finite one step before the loss shows it:
+    # never let such weights replace the last good checkpoint.
+    if not all(torch.isfinite(p).all() for p in model.parameters()):
+        raise NonFiniteLossError(f"the weights became non-finite by step {state['step'] - 1} of run {run_dir}; "
+                                 f"the last good checkpoint {run_dir / CHECKPOINT} is untouched. "
+                                 "Lower blr or check the data.")
+    if rank == 0:
+        save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
+                     "config": config.to_dict(), "rng": {"torch": torch.get_rng_state()},
+                     "code_version": CODE_VERSION}, run_dir / CHECKPOINT)
+
+
+def resume_state(model, optimizer, run_dir: Path, device, rank: int, total: int) -> dict:
+    """The loop state of the run's checkpoint (model and optimizer loaded); metric lines written after that
+    checkpoint are dropped, since they will be written again. A run without checkpoint starts fresh.
+    (open_run_dir has refused a checkpoint that was not to be resumed.)"""
+    ckpt_path = run_dir / CHECKPOINT
+    if not ckpt_path.exists():
+        if rank == 0:
+            (run_dir / METRICS).write_text("")
+        return {"step": 0, "train_seconds": 0.0, "images": 0, "epoch_sums": None}
+    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["rng"]["torch"])
+    state = ckpt["state"]
+    if rank == 0:
+        print(f"resuming {run_dir} at step {state['step']} of {total}", flush=True)
+        kept = [m for m in read_metrics(run_dir) if m["step"] < state["step"]]
+        write_text_atomic(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in kept))
+    return state
+
+
+# ------------------------------------------------------------------------------------- the loop
+def train(config: Config, run_dir, resume: bool = True, progress: bool = True, stamp=None) -> dict:
+    """Pre-train `config` in `run_dir` (resuming its checkpoint when `resume`); returns the summary.
+    `stamp(device) -> dict`, if given, adds its keys to summary.json (e.g. the code version it ran)."""
+    c, run_dir = config, Path(run_dir)
+    rank, world, device = distributed_context(c)
+    if c.batch_size % (c.accum_steps * world * c.group_size):
+        raise ValueError(f"batch_size {c.batch_size} must split into accum_steps x processes = "
+                         f"{c.accum_steps} x {world} micro-batches that are multiples of G = {c.group_size}")
+    open_run_dir(c, run_dir, resume, rank)
 
     torch.manual_seed(c.seed)
     model = build_model(c).to(device)
-    batches = (FolderBatches if c.dataset_kind == "imagefolder" else DeviceBatches)(c, device, rank, world)
+    batches = training_batches(c, device, rank, world)
     spe = batches.steps_per_epoch
     total = c.epochs * spe if c.max_steps is None else min(c.epochs * spe, c.max_steps)
     lrs = lr_schedule(c.lr, c.min_lr, total, int(round(c.warmup_epochs * spe)))
-    optimizer = torch.optim.AdamW(param_groups(model, c.weight_decay), lr=c.lr, betas=(c.beta1, c.beta2))
-
-    state = {"step": 0, "train_seconds": 0.0, "images": 0, "epoch_sums": None}
-    if resume and ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = ckpt["state"]
-        torch.set_rng_state(ckpt["rng"]["torch"])
-        if rank == 0:  # and drop metric lines written after the checkpoint (they will be written again)
-            print(f"resuming {run_dir} at step {state['step']} of {total}", flush=True)
-            kept = [m for m in read_metrics(run_dir) if m["step"] < state["step"]]
-            write_text_atomic(run_dir / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in kept))
-    elif rank == 0:
-        (run_dir / "metrics.jsonl").write_text("")
-
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if world > 1 else model
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else contextlib.nullcontext()
-    keys = ("loss", "loss_rec", "loss_hc")
-
-    def checkpoint():
-        # A huge update can leave the weights non-finite one step before the loss shows it:
-        # never let such weights replace the last good checkpoint.
-        if not all(torch.isfinite(p).all() for p in model.parameters()):
-            raise NonFiniteLossError(
-                f"the weights became non-finite by step {state['step'] - 1} (epoch {state['step'] // spe}) "
-                f"of run {run_dir}; the last good checkpoint {ckpt_path} is untouched. Lower blr or check the data.")
-        if rank == 0:
-            save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
-                         "config": c.to_dict(), "rng": {"torch": torch.get_rng_state()},
-                         "code_version": CODE_VERSION}, ckpt_path)
-
-    def log(record):
-        if rank == 0:
-            with open(run_dir / "metrics.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-
-    def reduce_mean(t):
-        if world > 1:
-            dist.all_reduce(t)
-            t /= world
-        return t
-
+        if world > 1 else None
+    train_step = TrainStep(model, c, ddp)
+    state = resume_state(model, train_step.optimizer, run_dir, device, rank, total)
+    log = MetricLog(run_dir, rank, world, state["images"])
     bar = tqdm(total=total, initial=state["step"], disable=rank != 0 or not progress, unit="step",
                desc=f"{c.method} {run_dir.name}", dynamic_ncols=True)
-    window = {"t": time.perf_counter(), "images": 0}
+
     model.train()
     with StopRequest() as stop:
         while state["step"] < total:
             step = state["step"]
-            epoch = step // spe
-            diagnose = (step + 1) % c.log_every == 0 or (step + 1) % spe == 0 or step + 1 == total
+            epoch, end_of_epoch = step // spe, (step + 1) % spe == 0 or step + 1 == total
+            logged = (step + 1) % c.log_every == 0 or end_of_epoch
             t0 = time.perf_counter()
-            for g in optimizer.param_groups:
-                g["lr"] = float(lrs[step])
-            # loss parts, mean TopK accuracy, then TopK accuracy of each homologous layer
-            sums = torch.zeros(len(keys) + 1 + len(c.resolved_homologous_layers), device=device)
-            micro = batches.micro_batches(step)
-            for a, (images, noise) in enumerate(micro):
-                sync = a == len(micro) - 1
-                with (contextlib.nullcontext() if sync or world == 1 else ddp.no_sync()), autocast:
-                    out = ddp(images, noise=noise, diagnostics=diagnose and c.method == "mixedae")
-                (out.loss / len(micro)).backward()
-                sums[:3] += torch.stack([getattr(out, k).detach().float() for k in keys]) / len(micro)
-                if out.topk_acc is not None:
-                    sums[3] += out.topk_acc.float().mean() / len(micro)
-                    sums[4:] += out.topk_acc.float() / len(micro)
-            sums = reduce_mean(sums)
-            if not torch.isfinite(sums[0]):
-                raise NonFiniteLossError(
-                    f"the loss became {sums[0].item()} at step {step} (epoch {epoch}) of run {run_dir}; "
-                    f"the last good checkpoint {ckpt_path} is untouched. Lower blr or check the data.")
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-            state["step"] = step + 1
-            state["images"] += c.batch_size
+            values = log.values(train_step(batches.micro_batches(step), float(lrs[step]), diagnostics=logged))
+            if not np.isfinite(values["loss"]):
+                raise NonFiniteLossError(f"the loss became {values['loss']} at step {step} (epoch {epoch}) of run "
+                                         f"{run_dir}; the last good checkpoint {run_dir / CHECKPOINT} is untouched. "
+                                         "Lower blr or check the data.")
+            state["step"], state["images"] = step + 1, state["images"] + c.batch_size
             state["train_seconds"] += time.perf_counter() - t0
-            window["images"] += c.batch_size
-            epoch_sums = state["epoch_sums"] if state["epoch_sums"] is not None else [0.0] * (len(keys) + 1)
-            values = sums.tolist()
-            state["epoch_sums"] = [s + v for s, v in zip(epoch_sums, values[:len(keys)] + [1.0])]  # + step count
+            sums = state["epoch_sums"] or {"steps": 0, **{k: 0.0 for k in LOSSES}}
+            state["epoch_sums"] = {"steps": sums["steps"] + 1, **{k: sums[k] + values[k] for k in LOSSES}}
             bar.update(1)
-            if diagnose:
-                now = time.perf_counter()
-                record = {"kind": "step", "step": step, "epoch": epoch, "lr": float(lrs[step]),
-                          **dict(zip(keys, values[:3])),
-                          "img_per_s": window["images"] / max(now - window["t"], 1e-9),
-                          "seconds": state["train_seconds"]}
-                if c.method == "mixedae":
-                    record["topk_acc"] = values[3]
-                    record["topk_acc_layers"] = values[4:]
-                log(record)
-                bar.set_postfix(loss=f"{values[0]:.4f}")
-                window = {"t": now, "images": 0}
-            end_of_epoch = (step + 1) % spe == 0 or step + 1 == total
+            if logged:
+                log.step(step, epoch, float(lrs[step]), values, state["images"], state["train_seconds"])
+                bar.set_postfix(loss=f"{values['loss']:.4f}")
             if end_of_epoch:
-                n = state["epoch_sums"][-1]
-                record = {"kind": "epoch", "step": step, "epoch": epoch,
-                          **{k: state["epoch_sums"][i] / n for i, k in enumerate(keys)},
-                          "seconds": state["train_seconds"]}
-                log(record)
+                log.epoch(step, epoch, state["epoch_sums"], state["train_seconds"])
                 state["epoch_sums"] = None
-                checkpoint()
-            signum = stop.signum
-            if world > 1:  # every process must stop after the same step
-                flag = torch.tensor(float(signum), device=device)
-                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-                signum = int(flag.item())
+                save_checkpoint(model, train_step.optimizer, state, c, run_dir, rank)
+            signum = stop.agreed(device, world)
             if signum and state["step"] < total:
                 if not end_of_epoch:
-                    checkpoint()
+                    save_checkpoint(model, train_step.optimizer, state, c, run_dir, rank)
                 bar.close()
                 raise SystemExit(f"stopped by signal {signum} at step {state['step']}; the checkpoint "
-                                 f"{ckpt_path} resumes it (--resume, or ensure_run)")
+                                 f"{run_dir / CHECKPOINT} resumes it (--resume, or the run cache)")
     bar.close()
+    return write_summary(c, run_dir, state, total, spe, world, device, rank, stamp)
 
+
+def write_summary(c: Config, run_dir: Path, state: dict, total: int, steps_per_epoch: int, world: int, device,
+                  rank: int, stamp=None) -> dict:
+    """summary.json, the mark of a finished run."""
     epochs = [m for m in read_metrics(run_dir) if m["kind"] == "epoch"] if rank == 0 else []
     summary = {"run": run_dir.name, "config": c.to_dict(), "code_version": CODE_VERSION, "steps": total,
-               "epochs_run": total / spe, "images": state["images"], "train_seconds": state["train_seconds"],
-               "img_per_s": state["images"] / max(state["train_seconds"], 1e-9), "processes": world,
-               "final": epochs[-1] if epochs else None, "provenance": provenance(device)}
+               "epochs_run": total / steps_per_epoch, "images": state["images"],
+               "train_seconds": state["train_seconds"], "img_per_s": state["images"] / max(state["train_seconds"], 1e-9),
+               "processes": world, "final": epochs[-1] if epochs else None, "device": describe_device(device),
+               **(stamp(device) if stamp else {})}
     if rank == 0:
-        write_text_atomic(run_dir / "summary.json", json.dumps(summary, indent=1))
-        print(f"{c.method}: {total} steps in {state['train_seconds']:.1f} s "
-              f"({summary['img_per_s']:.0f} img/s on {summary['provenance']['device']}); "
-              f"final loss {summary['final']['loss']:.4f}; run dir {run_dir}")
+        write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))
+        print(f"{c.method}: {total} steps in {state['train_seconds']:.1f} s ({summary['img_per_s']:.0f} img/s on "
+              f"{summary['device']}); final loss {summary['final']['loss']:.4f}; run dir {run_dir}")
     return summary
-
-
-# ------------------------------------------------------------------------------------- run cache
-def runs_root() -> Path:
-    return Path(os.environ.get("MIXEDAE_RUNS", REPO / "runs"))
-
-
-def run_dir_for(config: Config, root=None) -> Path:
-    return Path(root or runs_root()) / f"{config.method}-{run_key(config, CODE_VERSION)}"
-
-
-def run_finished(run_dir: Path) -> bool:
-    """Finished and still holding its checkpoint (the model, not only the numbers)."""
-    return (run_dir / "summary.json").exists() and (run_dir / "checkpoint.pt").exists()
-
-
-def ensure_run(config: Config, root=None, progress: bool = True) -> Path:
-    """The finished run of `config` with its checkpoint: cached if it exists, resumed if it was interrupted,
-    else trained (also when its checkpoint was deleted)."""
-    run_dir = run_dir_for(config, root)
-    if not run_finished(run_dir):
-        train(config, run_dir, resume=True, progress=progress)
-    return run_dir

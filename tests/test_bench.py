@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mixedae_core import ModelConfig, build_model
-from mixedae_core.provenance import REPO
+from mixedae_core.lab.provenance import REPO
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench import VIT_B, count_flops, peak_flops  # noqa: E402

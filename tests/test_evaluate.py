@@ -4,10 +4,12 @@ import json
 import pytest
 import torch
 
-from mixedae_core.__main__ import main
+from mixedae_core.lab.cli import main
 from mixedae_core.config import make_config
 from mixedae_core.data import make_synthetic
-from mixedae_core.evaluate import (EvalConfig, attention_map, attention_region, shared_position_loss, evaluate_run, finetune,
+from mixedae_core.config import EvalConfig
+from mixedae_core.lab.runs import evaluate_run
+from mixedae_core.evaluate import (attention_map, attention_region, shared_position_loss, finetune,
                                    foreground_patches, iou, knn_accuracy, linear_probe_accuracy, object_awareness)
 from mixedae_core.model import build_model
 from mixedae_core.train import train

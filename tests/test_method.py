@@ -93,37 +93,29 @@ def attention_pair(dim=32, heads=2):
 def test_topk_with_all_tokens_equals_timm_attention():
     ref, hom = attention_pair()
     x = torch.randn(3, 17, 32)
-    hom.topk = 17
-    torch.testing.assert_close(hom(x), ref(x), rtol=0, atol=1e-6)
-    hom.topk = None
-    torch.testing.assert_close(hom(x), ref(x), rtol=0, atol=0)
+    torch.testing.assert_close(hom(x, topk=17), ref(x), rtol=0, atol=1e-6)
+    torch.testing.assert_close(hom(x, topk=None), ref(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("K", [1, 5, 9])
 def test_each_patch_query_keeps_exactly_k_keys_and_cls_is_global(K):
     _, hom = attention_pair()
-    hom.topk, hom.record = K, True
-    hom(torch.randn(2, 17, 32))
-    attn = hom.last_attention
+    _, attn, selection = hom(torch.randn(2, 17, 32), topk=K, return_attention=True)
     assert torch.equal((attn[:, :, 1:] > 0).sum(-1), torch.full((2, 2, 16), K))
-    assert torch.equal(hom.last_selection.sum(-1), torch.full((2, 2, 16), K))
+    assert torch.equal(selection.sum(-1), torch.full((2, 2, 16), K))
     assert (attn[:, :, 0] > 0).all()  # [CLS] query sees every token
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 2, 17))
 
 
 def test_topk_keeps_the_largest_logits():
     _, hom = attention_pair()
-    hom.topk, hom.record = 4, True
     x = torch.randn(1, 17, 32)
-    hom(x)
-    hom.topk = None
-    hom(x)
-    global_attn = hom.last_attention  # softmax is monotone: the K largest logits = the K largest probs
+    _, global_attn, none_dropped = hom(x, return_attention=True)
+    assert none_dropped is None
+    # softmax is monotone: the K largest logits = the K largest probs
     selection = torch.zeros_like(global_attn[:, :, 1:], dtype=torch.bool)
     selection.scatter_(-1, global_attn[:, :, 1:].topk(4, dim=-1).indices, True)
-    hom.topk = 4
-    hom(x)
-    assert torch.equal(hom.last_selection, selection)
+    assert torch.equal(hom(x, topk=4, return_attention=True)[2], selection)
 
 
 # ---------------------------------------------------------------- unmixing and decoder
@@ -294,7 +286,8 @@ def test_attention_maps_for_mixed_sequences_and_single_images():
     assert ((out.attentions[0][:, :, 1:] > 0).sum(-1) == 5).all()  # TopK: rN + 1 = 5 keys per patch query
     assert len(single) == 2 and single[0].shape == (3, 2, 17, 17) and (single[0] > 0).all()  # global
     assert feats.shape == (3, 17, 32)
-    assert all(blk.attn.last_attention is None for blk in model.blocks)  # nothing kept between calls
+    with torch.no_grad():
+        assert model(images(8)).attentions is None  # returned on request only, never kept on the modules
 
 
 def test_cross_image_reliance():

@@ -6,10 +6,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mixedae_core.campaign import drawn_runs, k_values, planned_runs, run_campaign
-from mixedae_core.config import make_config
-from mixedae_core.reproduce import NOTEBOOKS, SEEDS, CampaignIncomplete, run_notebooks
-from mixedae_core.suite import claim, mean_std, paired_test, verdict
+from mixedae_core.config import PRESETS, make_config
+from mixedae_core.lab.campaign import campaign_plan, run_campaign
+from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, k_values
+from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
+from mixedae_core.lab.suite import Suite, claim, mean_std, paired_test, verdict
+
+SEEDS = list(PRESETS["smoke"].seeds)
+
+
+def planned_runs(preset, seeds):
+    return campaign_plan(Suite(preset, seeds, progress=False))
 
 
 def run_dirs(root):
@@ -21,7 +28,7 @@ def test_campaign_then_every_notebook_at_smoke_and_tables_again_from_records_alo
     timings = run_notebooks("smoke", tmp_path, runs_root=str(runs), progress=False, workers=2)
     assert list(timings) == list(NOTEBOOKS)
     campaign = json.loads((tmp_path / "tables" / "smoke" / "campaign_log.json").read_text())[-1]
-    plan = planned_runs("smoke", SEEDS["smoke"])
+    plan = planned_runs("smoke", SEEDS)
     assert campaign["complete"] and len(campaign["trained"]) == len(plan) and not campaign["failed"]
     records = {p.name for p in (tmp_path / "runs" / "smoke").iterdir()}
     assert len(records) == len(plan)
@@ -49,8 +56,8 @@ def test_campaign_then_every_notebook_at_smoke_and_tables_again_from_records_alo
     for name, table in before.items():
         pd.testing.assert_frame_equal(pd.read_csv(tables / f"{name}.csv", comment="#"), table)
     # a campaign on that fresh cache trains only the runs whose models notebooks 00 and 05 draw
-    again = run_campaign("smoke", SEEDS["smoke"], tmp_path, str(fresh), progress=False)
-    drawn = drawn_runs(SEEDS["smoke"])
+    again = run_campaign("smoke", SEEDS, tmp_path, str(fresh), progress=False)
+    drawn = drawn_runs(None, SEEDS)
     assert again["complete"] and again["recorded_before"] == len(plan) - len(drawn)
     assert sorted((e["method"], e["seed"]) for e in again["trained"]) == sorted((o["method"], o["seed"]) for o in drawn)
 
@@ -105,7 +112,7 @@ def test_verdicts_follow_sign_and_significance():
 
 
 def test_record_cli_trains_evaluates_and_records_one_run(tmp_path, monkeypatch, capsys):
-    from mixedae_core.__main__ import main
+    from mixedae_core.lab.cli import main
     monkeypatch.setenv("MIXEDAE_RUNS", str(tmp_path / "runs-cache"))
     main(["record", "--preset", "smoke", "--out", str(tmp_path), "--method", "naive", "--seed", "3",
           "--no-progress"])
@@ -120,7 +127,7 @@ def test_record_cli_trains_evaluates_and_records_one_run(tmp_path, monkeypatch, 
 
 def test_campaign_stops_runs_at_its_budget_and_the_next_campaign_resumes_them(tmp_path):
     import torch
-    from mixedae_core.train import run_dir_for
+    from mixedae_core.lab.runs import run_dir_for
     runs = tmp_path / "runs-cache"
     long_run = dict(method="mae", seed=0, epochs=3000)  # minutes of training: certain to be cut
     run_dir = run_dir_for(make_config("smoke", **long_run), runs)

@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from conftest import REPO
-from mixedae_core.__main__ import main
-from mixedae_core.config import Config, make_config, run_key
-from mixedae_core.train import (CODE_VERSION, NonFiniteLossError, RunExistsError, ensure_run, load_model,
-                                lr_schedule, param_groups, read_metrics, run_dir_for, train)
+from mixedae_core.lab.cli import main
+from mixedae_core.config import Config, make_config
+from mixedae_core.lab.runs import ensure_run, run_dir_for, run_key
+from mixedae_core.runfiles import load_model, read_metrics
+from mixedae_core.train import CODE_VERSION, NonFiniteLossError, RunExistsError, lr_schedule, param_groups, train
 from mixedae_core.model import build_model
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -258,7 +259,7 @@ def test_ensure_run_resumes_an_unfinished_run(tmp_path):
     assert not (run / "summary.json").exists()
     straight = spawn(config, tmp_path / "straight")
     resumed = subprocess.run([sys.executable, "-c", "import sys; from mixedae_core.config import Config; "
-                              "from mixedae_core.train import ensure_run; import json; "
+                              "from mixedae_core.lab.runs import ensure_run; import json; "
                               f"ensure_run(Config(**json.load(open({str(run / 'config.json')!r}))), root={str(tmp_path)!r}, "
                               "progress=False)"], cwd=REPO, env=ENV, capture_output=True, text=True, timeout=120)
     assert resumed.returncode == 0, resumed.stderr

@@ -1,10 +1,9 @@
-"""What the ablation notebooks share: runs through the run cache, their records, statistics, and tables
-and figures that carry their provenance. Notebooks stay thin: parameters, calls into this, plots, text.
+"""What the ablation notebooks share: their setup, their runs (from the experiment table) through the run
+cache and their records, statistics and verdicts, and tables and figures that carry their provenance.
+Notebooks stay thin: parameters, calls into this, plots, text.
 
-A run's record, results/runs/<preset>/<run name>/, holds its config.json, metrics.jsonl, summary.json and
-eval.json, and no checkpoint: small enough to commit. Tables come from records, so committed records
-regenerate every table without training; only the figures that draw a model need its checkpoint (and
-train it when it is missing).
+Tables come from records (runs.py), so committed records regenerate every table without training; only
+the figures that draw a model need its checkpoint (and train it when it is missing).
 """
 import json
 import math
@@ -15,40 +14,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .config import Config, make_config
-from .evaluate import EvalConfig, eval_key, evaluate_run
-from .provenance import REPO, device_name, provenance
-from .train import (ensure_run, load_model, read_metrics, resolve_device, run_dir_for, run_finished,
-                    write_text_atomic)
+from ..config import PRESETS, Config, make_config
+from ..runfiles import load_model, read_metrics, run_finished
+from ..train import describe_device, resolve_device
+from .experiments import drawn_runs, notebook_runs
+from .provenance import REPO, provenance
+from .runs import ensure_run, evaluate_run, export_record, record_is_current, run_dir_for
 
-EVAL_PRESETS = {  # the evaluation recipe of each preset: subsets keep the CPU suite inside its budget
-    "smoke": EvalConfig(batch_size=64, probe_max_iter=50),
-    "cpu": EvalConfig(train_subset=5000, test_subset=1000),
-    "gpu": EvalConfig(batch_size=2000, pretext_images=2048),
-    "imagenet": EvalConfig(),
-}
 SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou",
           "shared_loss_random", "shared_loss_class", "reliance_random", "reliance_class")
-RECORD_FILES = ("config.json", "metrics.jsonl", "summary.json", "eval.json")  # eval.json last: it marks a whole record
-
-
-def record_is_current(record: Path, ec: EvalConfig) -> bool:
-    if not all((record / name).exists() for name in RECORD_FILES):
-        return False
-    return json.loads((record / "eval.json").read_text()).get("eval") == eval_key(ec)
-
-
-def export_record(run_dir: Path, record: Path):
-    record.mkdir(parents=True, exist_ok=True)
-    for name in RECORD_FILES:
-        write_text_atomic(record / name, (Path(run_dir) / name).read_text())
 
 
 @dataclass
 class Suite:
     """One notebook's view of the experiment: its preset, seeds, device and output folder."""
     preset: str
-    seeds: list
+    seeds: list | None = None        # None: the preset's seeds
     device: str = "auto"
     out_dir: str = "results"
     notebook: str = "notebook"
@@ -58,14 +39,14 @@ class Suite:
 
     def __post_init__(self):
         make_config(self.preset)  # unknown preset: fail before any work
-        self.seeds = [int(s) for s in self.seeds]
+        self.seeds = [int(s) for s in (PRESETS[self.preset].seeds if self.seeds is None else self.seeds)]
         if not self.seeds:
             raise ValueError("seeds must name at least one seed")
         out = Path(self.out_dir)
         self.out = out if out.is_absolute() else (REPO / out)
         for kind in ("figures", "tables"):
             (self.out / kind / self.preset).mkdir(parents=True, exist_ok=True)
-        self.eval_config = EVAL_PRESETS[self.preset]
+        self.eval_config = PRESETS[self.preset].eval
         self.records = self.out / "runs" / self.preset
 
     # ---------------------------------------------------------------- runs
@@ -75,6 +56,14 @@ class Suite:
         finds them instead of training the GPU preset on its cores."""
         device = {} if self.device == "auto" else {"device": self.device}
         return make_config(self.preset, **{**device, **overrides})
+
+    def runs(self) -> list[dict]:
+        """The runs this notebook reads, as the experiment table declares them (experiments.py)."""
+        return notebook_runs(self.notebook, self.config(method="mixedae"), self.seeds)
+
+    def drawn(self) -> list[dict]:
+        """The runs whose models this notebook draws (their checkpoints, not only their records)."""
+        return drawn_runs(self.notebook, self.seeds)
 
     def run(self, **overrides) -> Path:
         """The run directory (with its checkpoint): cached, resumed or trained."""
@@ -134,7 +123,7 @@ class Suite:
         a fixed random choice per seed."""
         import torch
 
-        from .data import load_dataset, normalize
+        from ..data import load_dataset, normalize
         c = self.config(**overrides)
         test = load_dataset(c.dataset_kind, "test", c.img_size, c.in_chans, c.download, c.synthetic_size, c.seed)
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
@@ -151,9 +140,9 @@ class Suite:
         the preset's device; the records' own summary.json and eval.json name the device that trained them."""
         try:
             dev = resolve_device(self.config())
-            name = device_name(dev)
+            name = describe_device(dev)
         except ValueError:
-            dev, name = "cpu", f"{device_name('cpu')}, reading records of a {self.config().device} preset"
+            dev, name = "cpu", f"{describe_device('cpu')}, reading records of a {self.config().device} preset"
         return {**provenance(dev), "device": name, "preset": self.preset, "seeds": self.seeds,
                 "notebook": self.notebook, "wall_seconds": round(time.time() - self.started, 1)}
 
@@ -221,3 +210,21 @@ def claim(text: str, a, b, paper_sign: int, label_a: str, label_b: str, scale=10
             "measured": f"{label_a} {mean_std(a, scale, digits)} vs {label_b} {mean_std(b, scale, digits)} "
                         f"({diff:+.{digits + 1}f}{' ' + unit if unit else ''})",
             "difference": diff, "p_value": p, "seeds": len(a), "verdict": verdict(diff, p, paper_sign)}
+
+
+# -------------------------------------------------------------------- notebook setup and conclusion
+def start(notebook: str, preset: str, seeds=None, device: str = "auto", out_dir: str = "results",
+          runs_root: str | None = None) -> Suite:
+    """The first cell of every notebook: the plotting theme and the notebook's Suite."""
+    import seaborn as sns
+    sns.set_theme(style="whitegrid", context="notebook")
+    return Suite(preset, seeds, device, out_dir, notebook=notebook, runs_root=runs_root)
+
+
+def conclusion(claims: list[dict], *notes: str):
+    """The notebook's closing text, computed from its numbers: one line per claim, then the notes."""
+    from IPython.display import Markdown
+    lines = ["### Conclusion (computed from the numbers above)", ""]
+    lines += [f"- {c['claim']}: {c['measured']}" + ("" if math.isnan(c["p_value"]) else f", p = {c['p_value']:.3f}")
+              + f": **{c['verdict']}**." for c in claims]
+    return Markdown("\n".join(lines + ([""] + list(notes) if notes else [])))

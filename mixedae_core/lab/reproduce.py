@@ -13,13 +13,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from .config import PRESETS
+from ..config import PRESETS
+from .experiments import NOTEBOOKS
 from .provenance import REPO, git_commit
 
 NOTEBOOK_DIR = REPO / "notebooks"
-NOTEBOOKS = ("00_tour", "01_naive_mixing_vs_mae", "02_mutual_information", "03_choice_of_k",
-             "04_compose_vs_full", "05_attention_maps")
-SEEDS = {"smoke": [0, 1, 2], "cpu": [0, 1, 2], "gpu": [0, 1, 2], "imagenet": [0]}
 
 
 def notebook_parameters(path: Path) -> set:
@@ -45,7 +43,7 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
         raise ValueError(f"--only {','.join(only)} matches no notebook of {', '.join(NOTEBOOKS)}")
     if not only:
         from .campaign import run_campaign
-        result = run_campaign(preset, SEEDS[preset], out, runs_root, device, workers, budget_s, progress=progress)
+        result = run_campaign(preset, None, out, runs_root, device, workers, budget_s, progress=progress)
         if not result["complete"]:
             raise CampaignIncomplete(
                 f"{len(result['failed'])} run(s) failed, {len(result['left'])} "
@@ -56,7 +54,7 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
     timings = {}
     for name in names:
         path = NOTEBOOK_DIR / f"{name}.ipynb"
-        params = {"preset": preset, "seeds": SEEDS[preset], "device": device, "out_dir": str(out),
+        params = {"preset": preset, "seeds": list(PRESETS[preset].seeds), "device": device, "out_dir": str(out),
                   **({"runs_root": runs_root} if runs_root else {}), **(extra or {})}
         unknown = set(params) - notebook_parameters(path)
         if unknown:
@@ -83,10 +81,6 @@ def _read_table(path: Path):
         key, _, value = line[2:].partition(": ")
         meta[key] = value
     return pd.read_csv(path, comment="#"), meta
-
-
-TITLES = {"gpu": "Headline: GPU preset", "cpu": "CPU preset (a demonstration of the pipeline, not evidence)",
-          "smoke": "Smoke preset (functional check)"}
 
 
 def _training_line(out: Path, preset: str) -> str:
@@ -125,7 +119,7 @@ def _claims_section(out: Path, preset: str) -> list[str]:
     dates = sorted(m.get("date", "?") for m in metas)
     total = sum(timings.values())
     against = sum("contradicts" in line or "opposite" in line for line in lines[2:])
-    head = [f"## {TITLES.get(preset, f'Preset `{preset}`')}", "",
+    head = [f"## {PRESETS[preset].title}", "",
             f"Device: {', '.join(devices)}; commit: {', '.join(commits)}; notebooks run {dates[0]} to {dates[-1]}; "
             f"wall time of the notebooks: {total / 60:.1f} min "
             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).{_training_line(out, preset)}", ""]
@@ -157,17 +151,12 @@ def _bench_section(out: Path) -> list[str]:
 def write_readme(out: Path):
     """results/README.md: the headline table of every preset that has results, then the figures."""
     out = Path(out)
-    presets = [p for p in ("gpu", "cpu", "smoke", "imagenet") if (out / "tables" / p).exists()]
+    presets = [p for p in PRESETS if (out / "tables" / p).exists()]
     lines = ["# Results", "",
              "Written by `make reproduce` (`python -m mixedae_core reproduce`) from runs of the committed code; "
              "do not edit by hand. Every number below is read from a table in `tables/<preset>/` that a "
              "notebook in `notebooks/<preset>/` wrote; each table and figure carries its provenance "
              "(commit, preset, device, seeds, date, wall time).", ""]
-    notes = {"gpu": "GPU preset: the scale at which the paper's effects can exceed seed noise.",
-             "cpu": "CPU preset: a runnable demonstration of the pipeline on a 2-core machine. Each model "
-                    "trains for minutes, far from the paper's hundreds of epochs: read every verdict "
-                    "against the seed spread beside it; they say little about the paper's claims.",
-             "smoke": "Smoke preset: functional check only; the numbers mean nothing."}
     if not any((out / "tables" / "gpu").glob("claims_*.csv")):
         lines += ["**No GPU results yet.** The GPU suite (`scripts/gpu_suite.sh`, `make reproduce PRESET=gpu`) has "
                   "not run on a GPU; the CPU table below demonstrates the pipeline and is no evidence for or "
@@ -175,7 +164,7 @@ def write_readme(out: Path):
     for preset in presets:
         section = _claims_section(out, preset)
         if section:
-            lines += section[:1] + ["", notes.get(preset, "")] + section[1:]
+            lines += section[:1] + ["", PRESETS[preset].note] + section[1:]
     lines += _bench_section(out)
     for preset in presets:
         figures = sorted((out / "figures" / preset).glob("*.png"))

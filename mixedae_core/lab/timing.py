@@ -6,29 +6,26 @@ import time
 
 import torch
 
-from .model import build_model
-from .train import param_groups
+from ..config import Config
+from ..model import build_model
+from ..train import TrainStep
 
 
-class TrainStep:
-    """One training step of a config's model on fixed images: forward, backward, AdamW (bf16 on CUDA)."""
+class TimedStep:
+    """The training step of a config's model (train.TrainStep: the optimizer and precision that train)
+    on fixed images and masking/mixing noise."""
 
-    def __init__(self, config, batch: int, device, compile_model: bool = False):
+    def __init__(self, config: Config, batch: int, device, compile_model: bool = False):
         self.device = torch.device(device)
         torch.manual_seed(0)
         self.model = build_model(config).to(self.device).train()
-        fused = {"fused": True} if self.device.type == "cuda" else {}
-        self.opt = torch.optim.AdamW(param_groups(self.model, 0.05), lr=1e-4, **fused)
-        self.forward = torch.compile(self.model) if compile_model else self.model
+        self.step = TrainStep(self.model, config, compile_model=compile_model)
         self.images = torch.randn(batch, config.in_chans, config.img_size, config.img_size, device=self.device)
+        self.noise = torch.rand(batch // config.group_size, config.num_patches, device=self.device)
+        self.lr = config.lr
 
-    def __call__(self, compiled: bool = True):
-        forward = self.forward if compiled else self.model
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda"):
-            loss = forward(self.images).loss
-        loss.backward()
-        self.opt.step()
-        self.opt.zero_grad(set_to_none=True)
+    def __call__(self):
+        self.step([(self.images, self.noise)], self.lr)
 
     def timed(self) -> float:
         if self.device.type == "cuda":
@@ -41,7 +38,7 @@ class TrainStep:
 
 
 def alternated_step_times(steps: dict, n: int, warmup: int = 1) -> dict:
-    """{name: median seconds per step} of TrainSteps, run in turn for warmup + n rounds."""
+    """{name: median seconds per step} of TimedSteps, run in turn for warmup + n rounds."""
     times = {name: [] for name in steps}
     for i in range(warmup + n):
         for name, step in steps.items():

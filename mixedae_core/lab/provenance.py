@@ -6,7 +6,9 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from ..train import describe_device
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:
@@ -23,14 +25,12 @@ def git_commit() -> str:
         return "unknown"
 
 
-def device_name(device: torch.device | str) -> str:
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"CPU {platform.machine()} ({torch.get_num_threads()} threads)"
-
-
 def provenance(device: torch.device | str) -> dict:
-    return {"commit": git_commit(), "device": device_name(device), "torch": torch.__version__,
+    return {"commit": git_commit(), "device": describe_device(device), "torch": torch.__version__,
             "python": platform.python_version(), "host": platform.node(),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def stamp(device) -> dict:
+    """What `train()` adds to a run's summary.json."""
+    return {"provenance": provenance(device)}

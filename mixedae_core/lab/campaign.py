@@ -1,0 +1,205 @@
+"""The runs a preset's notebooks need (experiments.py), trained side by side before the notebooks execute.
+
+    python -m mixedae_core campaign --preset gpu --workers 6 --budget 390
+
+Each pending run is trained in its own process, `workers` at a time on one device: a small model leaves a
+big GPU idle between kernel launches, and several processes fill those gaps. A finished run is evaluated
+and recorded in results/runs/<preset>/ (runs.py), so a committed record is never trained again.
+When the budget runs out the running processes get SIGTERM: they checkpoint and stop, and the next
+campaign on that machine resumes them; runs not yet started wait for the next campaign.
+"""
+import json
+import multiprocessing as mp
+import os
+import queue as queue_module
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from .experiments import drawn_runs, planned_runs
+from .runs import runs_root
+from .suite import Suite
+
+
+def campaign_plan(suite: Suite) -> list[dict]:
+    """Every run the preset's notebooks read, each once, headline first."""
+    mixedae = suite.config(method="mixedae")
+    if mixedae.dataset_kind == "imagefolder":
+        raise ValueError(f"preset {suite.preset} trains on an image folder: the notebooks (and so the campaign) "
+                         "need a device-resident dataset with a test split (fashion-mnist, cifar10/100, stl10)")
+    return planned_runs(mixedae, suite.seeds, lambda run: suite.record_path(**run).name)
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+
+def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start_by):
+    """One process of the campaign: records runs from `tasks` until none is left or `start_by` (a time
+    all workers share) has passed. Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in
+    training at a checkpoint (train() handles it there), lets an evaluation finish, and stops anything
+    else at once."""
+    import contextlib
+    import traceback
+    evaluating = []
+
+    def on_sigterm(*_):
+        start_by.value = float("-inf")
+        if not evaluating:
+            raise SystemExit("stopped by SIGTERM before training")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
+    logs = Path(runs_root_dir or runs_root()) / "logs"
+    while True:
+        overrides = tasks.get()
+        if overrides is None or time.time() > start_by.value:
+            return
+        name, started = suite.record_path(**overrides).name, time.time()
+        status = "evaluated" if suite.has_run(**overrides) else "trained"
+        with open(logs / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+            try:
+                suite.run(**overrides)  # a drawn run with a record may still lack its checkpoint
+                evaluating.append(1)
+                suite.record(**overrides)
+            except SystemExit as exit_:  # SIGTERM during training: train() wrote a checkpoint
+                print(exit_, flush=True)
+                status = "stopped"
+            except Exception:
+                traceback.print_exc()
+                status = "failed"
+            evaluating.clear()
+        results.put((overrides, name, status, round(time.time() - started, 1)))
+        if status == "stopped" or start_by.value == float("-inf"):
+            return
+
+
+class _Workers:
+    """The campaign's worker processes, and stopping them: one SIGTERM each (a run in training checkpoints,
+    an evaluation finishes first), then a kill after the grace period."""
+
+    def __init__(self, suite: Suite, runs_root_dir, device, pending: list[dict], workers: int, start_by: float):
+        self.ctx = mp.get_context("spawn")  # CUDA cannot be used in forked processes
+        self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue()
+        self.start_by = self.ctx.Value("d", start_by)
+        self.procs, self.terminated = [], set()
+        for overrides in pending:
+            self.tasks.put(overrides)
+        if not pending:
+            return
+        threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription of the CPU
+        old_threads = os.environ.get("OMP_NUM_THREADS")
+        os.environ.setdefault("OMP_NUM_THREADS", threads)
+        for _ in range(min(workers, len(pending))):
+            self.tasks.put(None)
+            self.procs.append(self.ctx.Process(target=_worker, args=(
+                suite.preset, suite.seeds, str(suite.out), runs_root_dir, device, self.tasks, self.results,
+                self.start_by)))
+            self.procs[-1].start()
+        if old_threads is None:
+            del os.environ["OMP_NUM_THREADS"]
+
+    def alive(self):
+        return [p for p in self.procs if p.is_alive()]
+
+    def terminate(self, signum=None, frame=None):
+        self.start_by.value = float("-inf")  # no worker starts another run
+        for p in self.alive():
+            if p.pid not in self.terminated:
+                p.terminate()
+                self.terminated.add(p.pid)
+        if signum is not None:  # the campaign's own SIGTERM: a second one must not cut the clean-up short
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            raise SystemExit(f"campaign stopped by signal {signum}")
+
+    def join(self, grace_s: float):
+        self.terminate()
+        end = time.time() + grace_s
+        for p in self.procs:
+            p.join(max(0.0, end - time.time()))
+            if p.is_alive():
+                p.kill()
+                p.join()
+
+
+def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: Path, bar):
+    """Read the workers' results until the last one has exited; at the deadline, stop them."""
+    while True:
+        alive = workers.alive()
+        if deadline is not None and time.time() > deadline:
+            workers.terminate()
+            if time.time() > deadline + grace_s:
+                for p in alive:
+                    p.kill()
+        try:  # after the last worker exits, what it sent is still read
+            overrides, name, status, seconds = workers.results.get(timeout=0.5 if alive else 2)
+        except queue_module.Empty:
+            if alive:
+                continue
+            return
+        outcome[status].append({**overrides, "run": name, "seconds": seconds})
+        bar.update(1)
+        if status == "trained" and deadline is not None:  # do not start what cannot finish
+            longest = max(e["seconds"] for e in outcome["trained"])
+            workers.start_by.value = min(workers.start_by.value, deadline - longest)
+        if status == "failed":
+            print(f"run {overrides} failed; the end of {logs / (name + '.log')}:\n{_tail(logs / (name + '.log'))}",
+                  file=sys.stderr, flush=True)
+
+
+def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None, device: str = "auto",
+                 workers: int = 1, budget_s: float | None = None, min_start_s: float = 30.0,
+                 progress: bool = True, plan: list[dict] | None = None, grace_s: float = 120.0) -> dict:
+    """Train and record every pending run of `plan` (default: `campaign_plan`), `workers` processes at a
+    time. With `budget_s`, a run starts only while it can be expected to finish (the longest run so far,
+    or `min_start_s` before any finished); at the deadline the workers get SIGTERM: runs in training
+    checkpoint and stop, evaluations get `grace_s` seconds to finish. Returns (and appends to
+    tables/<preset>/campaign_log.json) what was trained, evaluated, stopped, failed and left."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    t_start = time.time()
+    suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
+    plan = campaign_plan(suite) if plan is None else plan
+    drawn = drawn_runs(None, suite.seeds)
+
+    def needs_work(o):  # no current record, or a drawn run without its checkpoint
+        return not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))
+
+    pending = [o for o in plan if needs_work(o)]
+    logs = Path(runs_root_dir or runs_root()) / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"campaign {preset}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "
+          f"{suite.records}, {len(pending)} to train, {min(workers, len(pending))} at a time", flush=True)
+    deadline = None if budget_s is None else t_start + budget_s
+    outcome = {"trained": [], "evaluated": [], "failed": [], "stopped": []}
+    pool = _Workers(suite, runs_root_dir, device, pending, workers,
+                    float("inf") if deadline is None else deadline - min_start_s)
+    main_thread = threading.current_thread() is threading.main_thread()
+    old_handler = signal.signal(signal.SIGTERM, pool.terminate) if main_thread else None  # `kill` stops the workers too
+    bar = tqdm(total=len(pending), unit="run", desc=f"campaign {preset}", disable=not progress)
+    try:
+        _collect(pool, outcome, deadline, grace_s, logs, bar)
+    finally:  # also on Ctrl-C and SIGTERM: one grace period for all workers, then kill
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        pool.join(grace_s)
+        if main_thread:
+            signal.signal(signal.SIGTERM, old_handler)
+    bar.close()
+    left = [o for o in pending if needs_work(o)]
+    result = {"preset": preset, "planned": len(plan), "recorded_before": len(plan) - len(pending), **outcome,
+              "left": left, "complete": not left and all(suite.has_record(**o) for o in plan), "workers": workers,
+              "budget_s": budget_s, "wall_seconds": round(time.time() - t_start, 1),
+              "provenance": suite.provenance()}
+    path = suite.out / "tables" / preset / "campaign_log.json"  # one entry per campaign that ran, newest last
+    if pending:
+        history = json.loads(path.read_text()) if path.exists() else []
+        path.write_text(json.dumps(history + [result], indent=1, default=str))
+    print(f"campaign {preset}: {len(outcome['trained'])} trained, {len(outcome['evaluated'])} evaluated only, "
+          f"{len(outcome['failed'])} failed, {len(outcome['stopped'])} stopped at the budget, {len(left)} left for "
+          f"the next campaign, in {result['wall_seconds']:.0f} s; log {path}", flush=True)
+    return result

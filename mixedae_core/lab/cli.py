@@ -1,0 +1,213 @@
+"""Command line.
+
+    python -m mixedae_core pretrain --preset cpu --method mixedae --epochs 3 ...
+    python -m mixedae_core evaluate RUN_DIR [--train_subset 10000 ...]
+    python -m mixedae_core record --preset gpu --method mixedae --seed 1   (train, evaluate, record in results/runs/)
+    python -m mixedae_core campaign --preset gpu --workers 6 --budget 390  (every run the notebooks need)
+    python -m mixedae_core reproduce --preset gpu --workers 6              (campaign, then the notebooks)
+
+Every Config (pretrain, record) or EvalConfig (evaluate) field is an option under its own name; `--help`
+shows each with the comment that documents the field and its default. torchrun works as it is:
+`torchrun --nproc_per_node 8 -m mixedae_core pretrain --preset imagenet --dataset imagefolder:/data/train`.
+"""
+import argparse
+import dataclasses
+import sys
+import types
+import typing
+
+from ..config import PRESETS, Config, EvalConfig, field_docs, make_config
+from ..data import DatasetError
+
+DEFAULT_PRESET = "cpu"
+
+
+def parse_value(cls, config_field: dataclasses.Field, text: str):
+    """A CLI string as the type of a field of dataclass `cls` (int, float, bool, str, optional, int tuple)."""
+    hint = typing.get_type_hints(cls)[config_field.name]
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional and text.lower() in ("none", "null", ""):
+        return None
+    if isinstance(hint, (types.UnionType, typing._UnionGenericAlias)):  # X | None
+        hint = next(a for a in args if a is not type(None))
+    if hint is bool:
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError(f"--{config_field.name} takes true or false, got {text!r}")
+    if typing.get_origin(hint) is tuple:
+        try:
+            return tuple(int(t) for t in text.replace(",", " ").split())
+        except ValueError:
+            raise ValueError(f"--{config_field.name} takes integers separated by commas, got {text!r}") from None
+    try:
+        return hint(text)
+    except ValueError:
+        raise ValueError(f"--{config_field.name} takes a value of type {hint.__name__}, got {text!r}") from None
+
+
+class Parser(argparse.ArgumentParser):
+    """Errors as one paragraph and exit code 2, never a traceback; no abbreviated options."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, allow_abbrev=False, **kw)
+
+    def error(self, message):
+        sys.stderr.write(f"{self.prog}: error: {message.rstrip('.')}. See {self.prog} --help for every option.\n")
+        raise SystemExit(2)
+
+
+def add_fields(parser, cls, defaults):
+    """One option per field of `cls`, its help the field's documenting comment, its default `defaults`'."""
+    docs = field_docs(cls)
+    group = parser.add_argument_group(f"{cls.__name__} fields")
+    for f in dataclasses.fields(cls):
+        group.add_argument(f"--{f.name}", default=None, metavar="VALUE",
+                           help=f"{docs[f.name]} (default: {getattr(defaults, f.name)})".replace("%", "%%"))
+
+
+def field_overrides(parser, args, cls) -> dict:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    try:
+        return {name: parse_value(cls, fields[name], text) for name, text in vars(args).items()
+                if name in fields and text is not None}
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def fail(err):
+    sys.stderr.write(f"error: {err}\n")
+    raise SystemExit(2)
+
+
+def preset_option(parser):
+    parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
+                        help=f"named configuration the options override (default: {DEFAULT_PRESET}); the field "
+                             f"defaults below are the {DEFAULT_PRESET} preset's")
+
+
+def pretrain(argv):
+    parser = Parser(prog="python -m mixedae_core pretrain", description="Pre-train MAE, naive mixing or MixedAE.",
+                    usage="%(prog)s [--preset P] [--out DIR [--resume]] [--no-progress] [--FIELD VALUE ...]")
+    preset_option(parser)
+    parser.add_argument("--out", default=None, help="run directory (default: the run cache, keyed by the config)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_fields(parser, Config, make_config(DEFAULT_PRESET))
+    args = parser.parse_args(argv)
+    try:
+        config = make_config(args.preset, **field_overrides(parser, args, Config))
+    except ValueError as err:
+        parser.error(str(err))
+    from ..train import RunExistsError, train
+    from .provenance import stamp
+    from .runs import ensure_run
+    try:
+        if args.out:
+            train(config, args.out, resume=args.resume, progress=not args.no_progress, stamp=stamp)
+        else:
+            print(ensure_run(config, progress=not args.no_progress))
+    except (RunExistsError, DatasetError) as err:
+        fail(err)
+
+
+def evaluate(argv):
+    from .runs import evaluate_run
+    parser = Parser(prog="python -m mixedae_core evaluate",
+                    usage="%(prog)s RUN_DIR [--device D] [--no-progress] [--FIELD VALUE ...]", description="kNN, linear probe and object awareness of a run's encoder; writes RUN_DIR/eval.json.")
+    parser.add_argument("run_dir", help="a finished run directory")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_fields(parser, EvalConfig, EvalConfig())
+    args = parser.parse_args(argv)
+    ec = EvalConfig(**field_overrides(parser, args, EvalConfig))
+    try:
+        result = evaluate_run(args.run_dir, ec, args.device, progress=not args.no_progress)
+    except (FileNotFoundError, DatasetError, ValueError) as err:
+        fail(err)
+    for name, scores in result["scores"].items():
+        print(f"{name:12s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if not k.endswith("_images")))
+    print(f"written to {args.run_dir}/eval.json")
+
+
+def record(argv):
+    parser = Parser(prog="python -m mixedae_core record",
+                    usage="%(prog)s [--preset P] [--out DIR] [--no-progress] [--FIELD VALUE ...]", description="Train (or fetch) one run, evaluate it with its preset's recipe and write its record "
+                                "to OUT/runs/PRESET/ (config, metrics, summary, eval.json).")
+    preset_option(parser)
+    parser.add_argument("--out", default="results", help="results folder (default: results)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_fields(parser, Config, make_config(DEFAULT_PRESET))
+    args = parser.parse_args(argv)
+    overrides = field_overrides(parser, args, Config)
+    try:
+        make_config(args.preset, **overrides).validate()
+    except ValueError as err:
+        parser.error(str(err))
+    from .suite import Suite
+    suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out,
+                  notebook="record", progress=not args.no_progress)
+    try:
+        print(suite.record(**overrides))
+    except DatasetError as err:
+        fail(err)
+
+
+def suite_options(parser):
+    preset_option(parser)
+    parser.add_argument("--out", default="results", help="results folder (default: results)")
+    parser.add_argument("--device", default="auto", help="auto (the preset's device), cpu or cuda (default: auto)")
+    parser.add_argument("--workers", type=int, default=1, help="runs trained side by side, processes (default: 1)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds; stop starting runs, then stop them (default: none)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def campaign(argv):
+    from .campaign import run_campaign
+    parser = Parser(prog="python -m mixedae_core campaign",
+                    description="Train and record every run the notebooks need, several side by side.")
+    suite_options(parser)
+    args = parser.parse_args(argv)
+    try:
+        result = run_campaign(args.preset, None, args.out, device=args.device, workers=args.workers,
+                              budget_s=args.budget, progress=not args.no_progress)
+    except (ValueError, DatasetError) as err:
+        fail(err)
+    if result["failed"]:
+        raise SystemExit(1)
+    if not result["complete"]:
+        raise SystemExit(3)
+
+
+def reproduce(argv):
+    from .experiments import NOTEBOOKS
+    from .reproduce import CampaignIncomplete, run_notebooks
+    parser = Parser(prog="python -m mixedae_core reproduce",
+                    description="Train and record the runs (campaign), execute the ablation notebooks, write results/.")
+    suite_options(parser)
+    parser.add_argument("--only", default="", help=f"comma-separated notebook prefixes of {', '.join(NOTEBOOKS)} "
+                                                   "(skips the campaign: the notebooks train what they need)")
+    args = parser.parse_args(argv)
+    try:
+        run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
+                      workers=args.workers, budget_s=args.budget, progress=not args.no_progress)
+    except (ValueError, DatasetError) as err:
+        fail(err)
+    except CampaignIncomplete as err:
+        sys.stderr.write(f"{err}\n")
+        raise SystemExit(3)
+
+
+COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "record": record, "campaign": campaign, "reproduce": reproduce}
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] not in COMMANDS:
+        sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate,record,campaign,reproduce} ...  "
+                         "(--help after the command for its options)\n")
+        raise SystemExit(2)
+    COMMANDS[argv[0]](argv[1:])

@@ -1,0 +1,121 @@
+"""Where runs live: the run cache (a run directory per config, trained, resumed or reused), the evaluation
+of a finished run into its eval.json, and its record for results/.
+
+A run's record, results/runs/<preset>/<run name>/, holds its config.json, metrics.jsonl, summary.json and
+eval.json, and no checkpoint: small enough to commit. Tables come from records, so committed records
+regenerate every table without training.
+"""
+import dataclasses
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import torch
+
+from ..config import Config, EvalConfig
+from ..evaluate import baseline_scores, evaluate_model, mae_twin
+from ..model import ModelConfig
+from ..runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, load_model, run_finished, write_text_atomic
+from ..train import CODE_VERSION, resolve_device, train
+from .provenance import REPO, provenance, stamp
+
+EVAL_VERSION = "2"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
+# Fields that change how a run is logged or fetched, not what it computes: left out of the run key.
+NOT_IN_RUN_KEY = ("download", "workers", "log_every")
+RECORD_FILES = (CONFIG, METRICS, SUMMARY, "eval.json")  # eval.json last: it marks a whole record
+
+
+# ------------------------------------------------------------------------------------------ run cache
+def device_type(device: str) -> str:
+    """'cpu' or 'cuda': what a run computes depends on the kind of device (fp32 vs bf16), not its index."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
+
+
+def run_key(config: Config, code_version: str, fields=None) -> str:
+    """A short hash of everything that determines a run's result (or of the named `fields` only)."""
+    fields = {k: v for k, v in config.canonical().to_dict().items()
+              if k not in NOT_IN_RUN_KEY and (fields is None or k in fields)}
+    if "device" in fields:
+        fields["device"] = device_type(fields["device"])
+    blob = json.dumps({"code": code_version, **fields}, sort_keys=True, default=list)
+    return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+def runs_root() -> Path:
+    return Path(os.environ.get("MIXEDAE_RUNS", REPO / "runs"))
+
+
+def run_dir_for(config: Config, root=None) -> Path:
+    return Path(root or runs_root()) / f"{config.method}-{run_key(config, CODE_VERSION)}"
+
+
+def ensure_run(config: Config, root=None, progress: bool = True) -> Path:
+    """The finished run of `config` with its checkpoint: cached if it exists, resumed if it was interrupted,
+    else trained (also when its checkpoint was deleted)."""
+    run_dir = run_dir_for(config, root)
+    if not run_finished(run_dir):
+        train(config, run_dir, resume=True, progress=progress, stamp=stamp)
+    return run_dir
+
+
+# ------------------------------------------------------------------------------------------ evaluation
+def eval_key(ec: EvalConfig) -> dict:
+    return {"eval_version": EVAL_VERSION, **dataclasses.asdict(ec)}
+
+
+def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: bool = False) -> dict:
+    """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines,
+    since every run of a comparison shares them."""
+    depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device"}
+    key = run_key(mae_twin(config), EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
+    path = Path(root) / "baselines" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = baseline_scores(config, ec, device, progress)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(result, indent=1))
+    return result
+
+
+def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = None, progress: bool = True,
+                 baselines_root=None) -> dict:
+    """eval.json of a finished run, computed once per evaluation recipe (cached in the run directory).
+    scores: {'encoder': ..., 'random_init': ..., 'raw_pixels': ...} (baselines when ec.baselines)."""
+    ec = ec or EvalConfig()
+    run_dir = Path(run_dir)
+    path = run_dir / "eval.json"
+    if path.exists():
+        cached = json.loads(path.read_text())
+        if cached.get("eval") == eval_key(ec):
+            return cached
+    if not (run_dir / CHECKPOINT).exists():
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: is it a run directory?")
+    if not (run_dir / SUMMARY).exists():
+        raise FileNotFoundError(f"{run_dir} has not finished (no summary.json): resume it first "
+                                "(python -m mixedae_core pretrain --out RUN_DIR --resume ...)")
+    config = Config(**json.loads((run_dir / CONFIG).read_text()))  # to pick the device before loading
+    dev = torch.device(device) if device else resolve_device(config)
+    model, config = load_model(run_dir, dev)
+    scores = {"encoder": evaluate_model(model, config, ec, progress)}
+    if ec.baselines:
+        scores.update(cached_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
+    result = {"run": run_dir.name, "eval": eval_key(ec), "config": config.to_dict(), "scores": scores,
+              "provenance": provenance(dev)}
+    write_text_atomic(path, json.dumps(result, indent=1))
+    return result
+
+
+# ------------------------------------------------------------------------------------------ records
+def record_is_current(record: Path, ec: EvalConfig) -> bool:
+    if not all((record / name).exists() for name in RECORD_FILES):
+        return False
+    return json.loads((record / "eval.json").read_text()).get("eval") == eval_key(ec)
+
+
+def export_record(run_dir: Path, record: Path):
+    record.mkdir(parents=True, exist_ok=True)
+    for name in RECORD_FILES:
+        write_text_atomic(record / name, (Path(run_dir) / name).read_text())
