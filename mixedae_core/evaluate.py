@@ -183,7 +183,7 @@ def cross_image_reliance(model: MixedAutoencoderViT, imgs: torch.Tensor, unrelat
                          partition_noise: torch.Tensor | None = None, group_size: int = 4,
                          mix_mode: str = "compose") -> torch.Tensor:
     """How much each image's reconstruction loss rises when the other images of its group are swapped
-    for unrelated images, with the same partition (METHOD.md, the MI argument). Every method hides the
+    for unrelated images, with the same partition (docs/METHOD.md, the MI argument). Every method hides the
     same positions (`shared_position_loss`), so MAE is measured on the same pretext.
 
     imgs, unrelated [B, C, H, W]. Returns [B]: loss(swapped) - loss(original) for every image. Zero for

@@ -1,4 +1,4 @@
-"""Token-level image mixing (METHOD.md, "Mixing"): groups of G images share one sequence of N positions.
+"""Token-level image mixing (docs/METHOD.md, "Mixing"): groups of G images share one sequence of N positions.
 
 Everything here runs on the device, on patch tokens after the patch/position embedding.
 """

@@ -1,4 +1,4 @@
-"""MAE, MAE + naive mixing and MixedAE as one ViT built from timm blocks (METHOD.md is the spec).
+"""MAE, MAE + naive mixing and MixedAE as one ViT built from timm blocks (docs/METHOD.md is the spec).
 
 `method='mae'` is the official facebookresearch/mae `MaskedAutoencoderViT` (same parameter names, init,
 masking and loss; checked against its outputs in tests/test_mae_parity.py). The mixing methods reuse the

@@ -1,27 +1,31 @@
 #!/usr/bin/env bash
-# The GPU results in one device call (issue 7). Run through the `device` tool from the repository root,
-# carrying .device (Fashion-MNIST) and .whl (papermill and a Jupyter kernel: scripts/device_wheels.sh):
+# The GPU suite inside a wall-clock limit, on a GPU machine without internet access.
 #
-#   probe  (~3 min): side-by-side throughput of the gpu preset (sizes WORKERS and the epochs), make bench
-#   suite  (~10 min): the campaign (BUDGET seconds of training and evaluation, WORKERS runs side by side),
-#                     then the notebooks within what is left of LIMIT seconds
+#   OUT=DIR scripts/gpu_suite.sh probe   (~3 min): aggregate img/s of 1, 4 and 8 runs side by side
+#                                         (side_by_side.csv: sizes WORKERS and the gpu preset) and make bench
+#   OUT=DIR scripts/gpu_suite.sh suite   (~10 min): the campaign (BUDGET seconds of training and evaluation,
+#                                         WORKERS runs side by side), then the notebooks within LIMIT seconds
 #
-# What comes back under $OUT/results is what gets committed: the records (results/runs/gpu: config, metrics,
-# summary, eval; no checkpoints), tables, figures, executed notebooks, results/README.md. Runs recorded in
-# an earlier call are not trained again, so a suite cut by its budget continues in the next call.
-# Locally, on CPU: PRESET=smoke OUT=/tmp/out scripts/gpu_suite.sh suite
+# Offline inputs: Fashion-MNIST's four .gz files in FASHION_MNIST_DIR (default offline/fashion-mnist when it
+# exists), and the Python packages the machine lacks as wheels in .whl/ (scripts/offline_wheels.sh fetches
+# them on a machine with internet access). LIMIT counts from the script's start, so a hard limit on the whole
+# command (a batch job's) can be matched. Everything worth keeping goes to $OUT/results as it is produced
+# (the records as soon as the campaign ends, again on exit): a suite cut by its limit still returns every
+# finished run, and a later call trains only the runs without a record.
+# A functional check on a CPU: PRESET=smoke OUT=/tmp/out WORKERS=2 scripts/gpu_suite.sh suite
 set -uo pipefail
-SECONDS=0  # LIMIT counts from here: the device tool's limit covers the whole command
-mode=${1:?usage: scripts/gpu_suite.sh probe|suite}
-: "${OUT:?OUT must name the folder whose files come back}"
+SECONDS=0
+mode=${1:?usage: OUT=DIR scripts/gpu_suite.sh probe|suite}
+: "${OUT:?OUT must name the folder that receives the results}"
 PRESET=${PRESET:-gpu} WORKERS=${WORKERS:-6} BUDGET=${BUDGET:-390} LIMIT=${LIMIT:-570} BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-if [ -d .device/fashion-mnist ]; then export FASHION_MNIST_DIR="$PWD/.device/fashion-mnist"; fi
+if [ -z "${FASHION_MNIST_DIR:-}" ] && [ -d offline/fashion-mnist ]; then export FASHION_MNIST_DIR="$PWD/offline/fashion-mnist"; fi
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH="/tmp/site:$PYTHONPATH"
 fi
 PY=${PY:-python3}
+# Check the environment first: a broken start costs seconds, not the whole limit.
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
 $PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
 mkdir -p "$OUT/results/tables"
@@ -33,8 +37,6 @@ case $mode in
     cp results/tables/bench.csv "$OUT/results/tables/"
     ;;
   suite)
-    # Records are copied out as soon as the campaign ends, and again on exit: a call killed at its time
-    # limit still brings back every run it finished.
     collect() {
       cp -r results/runs results/tables results/figures results/notebooks results/README.md "$OUT/results/" 2>/dev/null
       tar czf "$OUT/run-logs.tgz" "${MIXEDAE_RUNS:-runs}/logs" 2>/dev/null
@@ -46,7 +48,7 @@ case $mode in
     rc=${PIPESTATUS[0]}
     collect
     left=$(( LIMIT - SECONDS ))
-    if [ "$rc" = 0 ] && [ "$left" -gt 120 ]; then  # the notebooks, within what is left of this call
+    if [ "$rc" = 0 ] && [ "$left" -gt 120 ]; then  # the notebooks, within what is left of LIMIT
       timeout -k 10 "$left" $PY -m mixedae_core reproduce --preset "$PRESET" --workers "$WORKERS" \
         --budget $(( left - 90 )) --no-progress 2>&1 | tee "$OUT/reproduce.log"
       rc=${PIPESTATUS[0]}

@@ -1,4 +1,4 @@
-"""MAE + naive mixing and MixedAE: mixing, unmixing, homologous attention, the losses (METHOD.md)."""
+"""MAE + naive mixing and MixedAE: mixing, unmixing, homologous attention, the losses (docs/METHOD.md)."""
 import dataclasses
 
 import pytest

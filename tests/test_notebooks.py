@@ -77,6 +77,12 @@ def test_planned_runs_cover_every_method_seed_and_the_ablations():
     config = make_config("smoke", method="mixedae")
     assert sorted(o["topk"] for o in plan if "topk" in o) == \
         sorted(k for k in k_values(config) if k != config.resolved_topk)
+    # notebook 03 names every K explicitly; its default-K run is the headline's MixedAE run (one record)
+    k_runs = EXPERIMENTS["03_choice_of_k"].runs(config, [0])
+    assert [o["topk"] for o in k_runs] == k_values(config) and config.resolved_topk in k_values(config)
+    suite = Suite("smoke", [0], progress=False)
+    assert suite.record_path(method="mixedae", seed=0, topk=config.resolved_topk) == \
+        suite.record_path(method="mixedae", seed=0)
     full = [o for o in plan if o.get("mix_mode") == "full"]
     # smoke: 128 images / batch 16 = 8 steps per epoch, 2 epochs; equal compute = 16 / G steps
     assert [o.get("max_steps") for o in full] == [None, 16 // 4]

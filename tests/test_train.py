@@ -280,3 +280,31 @@ def test_image_folder_run(tmp_path):
                          batch_size=8)
     summary = train(config, tmp_path / "run", progress=False)
     assert summary["steps"] == 4 and math.isfinite(summary["final"]["loss"])
+
+
+def test_a_switch_at_its_default_value_names_the_same_run():
+    config = make_config("smoke", method="mixedae")
+    rN = config.num_patches // config.group_size
+    key = run_key(config, CODE_VERSION)
+    assert run_key(make_config("smoke", method="mixedae", topk=rN + 1), CODE_VERSION) == key
+    assert run_key(make_config("smoke", method="mixedae", seg_embed="encoder"), CODE_VERSION) == key
+    assert run_key(make_config("smoke", method="mixedae", homologous_layers=(0, 1)), CODE_VERSION) == key
+    assert run_key(make_config("smoke", method="mixedae", topk=rN), CODE_VERSION) != key
+    assert run_key(make_config("smoke", method="mixedae", seg_embed="decoder"), CODE_VERSION) != key
+    assert run_key(make_config("smoke", method="mae", seg_embed="none"), CODE_VERSION) == \
+        run_key(make_config("smoke", method="mae"), CODE_VERSION)
+
+
+@pytest.mark.parametrize("command,cls", [("pretrain", Config), ("evaluate", None)])
+def test_every_option_has_its_field_comment_and_default_in_help(command, cls, capsys):
+    import dataclasses
+    from mixedae_core.config import EvalConfig, field_docs
+    cls = cls or EvalConfig
+    docs = field_docs(cls)
+    assert set(docs) == {f.name for f in dataclasses.fields(cls)}, "a field without its documenting comment"
+    with pytest.raises(SystemExit) as info:
+        main([command, "--help"])
+    assert info.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for name, doc in docs.items():
+        assert f"--{name} VALUE {' '.join(doc.split())} (default: " in text, name
