@@ -6,8 +6,10 @@ same encoder and decoder: they only change which tokens enter the encoder, which
 decoder sequence gets, the attention of the homologous layers and (MixedAE) add one loss.
 """
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from functools import partial
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,7 +18,8 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from .losses import homologous_contrastive_loss, normalize_patches, patchify, reconstruction_loss
+from .losses import (homologous_attention_loss, homologous_contrastive_loss, normalize_patches, patchify,
+                     reconstruction_loss)
 from .mixing import draw_partition, mix_tokens
 
 METHODS = ("mae", "naive", "mixedae")
@@ -48,9 +51,10 @@ class ModelConfig:
     seg_embed: str | None = None      # encoder | decoder | none; None = 'encoder' for mixedae
     topk: int | None = None           # keys kept per patch query, [CLS] counted; None = rN + 1
     homologous_layers: tuple[int, ...] | None = None  # encoder blocks with TopK attention; None = all
-    hc_weight: float = 0.1            # weight of the homologous contrastive loss in the total loss
-    hc_temperature: float = 0.1       # temperature of the homologous contrastive loss
-    hc_proj_dim: int = 128            # output width of the contrastive projection head
+    hc_form: str = "attention"        # homologous loss on: attention (own-image attention mass) | features (SupCon)
+    hc_weight: float = 1.0            # weight of the homologous loss in the total loss (docs/METHOD.md, section 6)
+    hc_temperature: float = 0.1       # temperature of the SupCon loss (hc_form=features)
+    hc_proj_dim: int = 128            # output width of the SupCon projection head (hc_form=features)
 
     def __post_init__(self):
         if self.homologous_layers is not None:
@@ -93,6 +97,18 @@ class ModelConfig:
         if self.method != "mixedae":
             return ()
         return self.homologous_layers if self.homologous_layers is not None else tuple(range(self.depth))
+
+    @property
+    def recognition_references(self) -> dict:
+        """Where MixedAE's recognition diagnostics sit by chance and when perfect: TopK accuracy at chance,
+        and loss_hc at chance (features: identical projections, log(N - 1); attention: uniform logits,
+        -log((rN - 1)/(N - 1))) and when perfect (features: log(rN - 1); attention: 0)."""
+        N, rN = self.num_patches, self.num_patches // self.mix_group_size
+        if self.hc_form == "features":
+            chance, perfect = math.log(N - 1), math.log(rN - 1)
+        else:
+            chance, perfect = -math.log((rN - 1) / (N - 1)), 0.0
+        return {"topk_acc_chance": (rN - 1) / (N - 1), "loss_hc_chance": chance, "loss_hc_perfect": perfect}
 
     def canonical(self):
         """A copy with every MixedAE switch that equals its default set back to None, so that `topk=rN + 1`
@@ -144,6 +160,8 @@ class ModelConfig:
                 bad(f"homologous_layers must index encoder blocks 0..{self.depth - 1}, got {i}")
         if self.hc_temperature <= 0:
             bad(f"hc_temperature must be > 0, got {self.hc_temperature}")
+        if self.hc_form not in ("attention", "features"):
+            bad(f"hc_form must be 'attention' or 'features', got {self.hc_form!r}")
 
 
 @dataclass
@@ -182,18 +200,27 @@ def get_2d_sincos_pos_embed(embed_dim: int, grid_size: int) -> torch.Tensor:
     return torch.from_numpy(emb).float()
 
 
+class AttentionOut(NamedTuple):
+    """What a homologous attention layer returns on request, beside its output."""
+    x: torch.Tensor
+    probs: torch.Tensor | None         # [B, H, T, T] attention probabilities (return_attention)
+    selection: torch.Tensor | None     # [B, H, T-1, T] keys kept by the patch queries (None: nothing dropped)
+    patch_logits: torch.Tensor | None  # [B, H, T-1, T] logits of the patch queries, with gradient (return_logits)
+
+
 class HomologousAttention(Attention):
     """timm `Attention` whose patch queries keep only their `topk` largest logits (homologous TopK).
 
     Parameter-free: the parameters are timm's (`qkv`, `proj`), so the weights load into a stock ViT.
     `topk=None` is global attention (timm's own code path). The [CLS] query (token 0) always attends
-    globally. With `return_attention=True` the forward returns `(x, probs, selection)`: the attention
-    probabilities [B, H, T, T] and the kept keys [B, H, T-1, T] of the patch queries (None when
-    nothing is dropped), as DINO returns attention by argument.
+    globally. With `return_attention` (the probabilities and the selection) or `return_logits` (the patch
+    queries' logits, for the attention-level homologous loss) the forward returns an `AttentionOut`, as
+    DINO returns attention by argument.
     """
 
-    def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False):
-        if topk is None and not return_attention:
+    def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False,
+                return_logits: bool = False):
+        if topk is None and not (return_attention or return_logits):
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if attn_mask is not None or is_causal or self.gate is not None:
             raise ValueError("HomologousAttention's TopK/attention-returning path supports neither attn_mask, "
@@ -202,40 +229,45 @@ class HomologousAttention(Attention):
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
+        patch_logits = (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1) if return_logits else None
         keep = selection = None
         if topk is not None and topk < T:
             # The selection is discrete (no gradient flows through it): find it without autograd, then
             # run the attention itself in the fused kernel under a boolean mask.
             with torch.no_grad():
-                patch_logits = (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1)
-                kept = patch_logits.topk(topk, dim=-1, sorted=False).indices
-                selection = torch.zeros_like(patch_logits, dtype=torch.bool).scatter_(-1, kept, True)
+                logits = patch_logits if patch_logits is not None else (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1)
+                kept = logits.topk(topk, dim=-1, sorted=False).indices
+                selection = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, kept, True)
                 keep = torch.cat([torch.ones_like(selection[:, :, :1]), selection], dim=2)  # [CLS] row: global
         x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
                                            dropout_p=self.attn_drop.p if self.training else 0.0)
         x = self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(B, T, self.attn_dim))))
-        if not return_attention:
+        if not (return_attention or return_logits):
             return x
-        logits = (q * self.scale) @ k.transpose(-2, -1)
-        if keep is not None:
-            logits = logits.masked_fill(~keep, float("-inf"))
-        return x, logits.softmax(dim=-1).detach(), selection
+        probs = None
+        if return_attention:
+            logits = (q * self.scale) @ k.transpose(-2, -1)
+            if keep is not None:
+                logits = logits.masked_fill(~keep, float("-inf"))
+            probs = logits.softmax(dim=-1).detach()
+        return AttentionOut(x, probs, selection, patch_logits)
 
 
 class HomologousBlock(Block):
-    """timm `Block` whose attention takes `topk` and can return its attention (see HomologousAttention)."""
+    """timm `Block` whose attention takes `topk` and can return what `HomologousAttention` returns."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, attn_layer=HomologousAttention, **kwargs)
 
-    def forward(self, x, topk: int | None = None, return_attention: bool = False):
-        y = self.attn(self.norm1(x), topk=topk, return_attention=return_attention)
-        probs = selection = None
-        if return_attention:
-            y, probs, selection = y
+    def forward(self, x, topk: int | None = None, return_attention: bool = False, return_logits: bool = False):
+        """Returns (x, AttentionOut or None)."""
+        y = self.attn(self.norm1(x), topk=topk, return_attention=return_attention, return_logits=return_logits)
+        extra = None
+        if return_attention or return_logits:
+            y, extra = y.x, y
         x = x + self.drop_path1(self.ls1(y))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
-        return x, probs, selection
+        return x, extra
 
 
 def topk_accuracy(selection: torch.Tensor | None, src: torch.Tensor) -> torch.Tensor:
@@ -250,6 +282,25 @@ def topk_accuracy(selection: torch.Tensor | None, src: torch.Tensor) -> torch.Te
     same_src = ((src.unsqueeze(2) == src.unsqueeze(1)) & others).unsqueeze(1)  # [E, 1, N, N]
     kept = others.expand_as(same_src) if selection is None else selection[..., 1:] & others
     return (kept & same_src).sum() / kept.sum().clamp(min=1)
+
+
+def recognition_warnings(config: ModelConfig, loss_hc: float, topk_acc_layers) -> list[str]:
+    """Sentences for a MixedAE run whose homologous recognition sits where chance puts it: TopK accuracy
+    (mean over layers) within 10 % of the way from chance to 1, or loss_hc within 10 % of the way from its
+    chance value to its perfect value. Empty for other methods and for a run that recognises."""
+    if config.method != "mixedae":
+        return []
+    refs, out = config.recognition_references, []
+    if topk_acc_layers:
+        mean = sum(topk_acc_layers) / len(topk_acc_layers)
+        if mean < refs["topk_acc_chance"] + 0.1 * (1 - refs["topk_acc_chance"]):
+            out.append(f"TopK accuracy {mean:.3f} (mean over layers) is at chance ({refs['topk_acc_chance']:.3f}): "
+                       "the attention does not select the query's own image")
+    span = refs["loss_hc_chance"] - refs["loss_hc_perfect"]
+    if config.hc_weight > 0 and loss_hc > refs["loss_hc_chance"] - 0.1 * span:
+        out.append(f"loss_hc {loss_hc:.3f} is at its chance value {refs['loss_hc_chance']:.3f} "
+                   f"(perfect: {refs['loss_hc_perfect']:.3f}): homologous recognition has not started")
+    return out
 
 
 class MixedAutoencoderViT(nn.Module):
@@ -286,7 +337,7 @@ class MixedAutoencoderViT(nn.Module):
             dim = c.embed_dim if seg == "encoder" else c.decoder_embed_dim
             self.seg_embed = nn.Parameter(torch.zeros(c.group_size, dim))
         self.hc_head = None
-        if c.method == "mixedae":
+        if c.method == "mixedae" and c.hc_form == "features":
             with torch.random.fork_rng(devices=[]):  # its default init must not shift the shared init below
                 self.hc_head = nn.Sequential(nn.Linear(c.embed_dim, c.embed_dim), nn.GELU(),
                                              nn.Linear(c.embed_dim, c.hc_proj_dim))
@@ -338,19 +389,15 @@ class MixedAutoencoderViT(nn.Module):
         mask = torch.gather(mask, dim=1, index=ids_restore)
         return x_masked, mask, ids_restore
 
-    def encode(self, x, topk=None, return_attention=False):
+    def encode(self, x, topk=None, return_attention=False, return_logits=False):
         """Run the encoder blocks on [E, T, D] tokens ([CLS] first), TopK in the homologous layers.
-        Returns (normalised tokens, per-block attention probabilities, per-block TopK selections); the
-        lists are None unless `return_attention`."""
+        Returns (normalised tokens, per-block AttentionOut, or None where nothing was asked)."""
         homologous = self.config.resolved_homologous_layers
-        attentions, selections = [], []
+        extras = []
         for i, blk in enumerate(self.blocks):
-            x, probs, selection = blk(x, topk if i in homologous else None, return_attention)
-            attentions.append(probs)
-            selections.append(selection)
-        if not return_attention:
-            attentions = selections = None
-        return self.norm(x), attentions, selections
+            x, extra = blk(x, topk if i in homologous else None, return_attention, return_logits and i in homologous)
+            extras.append(extra)
+        return self.norm(x), extras
 
     def decode(self, x):
         """Decoder on full-length [B, 1 + N, Dd] sequences; returns [B, N, p*p*C]."""
@@ -368,8 +415,8 @@ class MixedAutoencoderViT(nn.Module):
         Returns normalised tokens [B, 1 + N, D] (and the attention of every block if asked).
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        x, attentions, _ = self.encode(torch.cat([self._cls(x.shape[0]), x], dim=1), None, return_attention)
-        return (x, attentions) if return_attention else x
+        x, extras = self.encode(torch.cat([self._cls(x.shape[0]), x], dim=1), None, return_attention)
+        return (x, [e.probs for e in extras]) if return_attention else x
 
     # ------------------------------------------------------------------ forward
     def forward(self, imgs, mask_ratio=None, noise=None, diagnostics=False, return_attention=False) -> ModelOutput:
@@ -389,7 +436,7 @@ class MixedAutoencoderViT(nn.Module):
 
         if not c.mixes:
             x, mask, ids_restore = self.random_masking(x, c.mask_ratio if mask_ratio is None else mask_ratio, noise)
-            latent, attentions, _ = self.encode(torch.cat([self._cls(B), x], dim=1), None, need_attention)
+            latent, extras = self.encode(torch.cat([self._cls(B), x], dim=1), None, need_attention)
             y = self.decoder_embed(latent)
             mask_tokens = self.mask_token.repeat(B, ids_restore.shape[1] + 1 - y.shape[1], 1)
             y_ = torch.cat([y[:, 1:, :], mask_tokens], dim=1)
@@ -400,7 +447,7 @@ class MixedAutoencoderViT(nn.Module):
             return ModelOutput(loss=loss, loss_rec=loss, loss_hc=torch.zeros((), device=imgs.device),
                                pred=pred, mask=mask, src=src, seq_of_image=torch.arange(B, device=imgs.device),
                                loss_per_image=loss_per_image, ids_restore=ids_restore,
-                               attentions=attentions)
+                               attentions=[e.probs for e in extras] if need_attention else None)
 
         G = c.group_size
         if B % G:
@@ -412,8 +459,9 @@ class MixedAutoencoderViT(nn.Module):
         seg = c.resolved_seg_embed
         if seg == "encoder":
             mixed = mixed + self.seg_embed[src]
-        latent, attentions, selections = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1),
-                                                     c.resolved_topk, need_attention)
+        attention_loss = c.method == "mixedae" and c.hc_form == "attention"
+        latent, extras = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1), c.resolved_topk,
+                                     need_attention, return_logits=attention_loss)
 
         # Unmix: image b's decoder sequence holds its own encoded tokens and mask tokens elsewhere;
         # it never receives another image's patch tokens.
@@ -428,17 +476,19 @@ class MixedAutoencoderViT(nn.Module):
         loss_rec, loss_per_image = reconstruction_loss(pred, target, mask)
 
         loss_hc = torch.zeros((), device=imgs.device)
-        if self.hc_head is not None:
+        if attention_loss:
+            loss_hc = homologous_attention_loss([extras[i].patch_logits for i in c.resolved_homologous_layers], src)
+        elif self.hc_head is not None:
             z = F.normalize(self.hc_head(latent[:, 1:]), dim=-1)
             loss_hc = homologous_contrastive_loss(z, src, c.hc_temperature)
-        loss = loss_rec + c.hc_weight * loss_hc if self.hc_head is not None else loss_rec
+        loss = loss_rec + c.hc_weight * loss_hc if c.method == "mixedae" else loss_rec
 
         topk_acc = None
         if diagnostics and c.resolved_homologous_layers:
-            topk_acc = torch.stack([topk_accuracy(selections[i], src) for i in c.resolved_homologous_layers])
+            topk_acc = torch.stack([topk_accuracy(extras[i].selection, src) for i in c.resolved_homologous_layers])
         return ModelOutput(loss=loss, loss_rec=loss_rec, loss_hc=loss_hc, pred=pred, mask=mask, src=src,
                            seq_of_image=seq_of_image, loss_per_image=loss_per_image, topk_acc=topk_acc,
-                           attentions=attentions if return_attention else None)
+                           attentions=[e.probs for e in extras] if return_attention else None)
 
 
 class MaskedAutoencoderViT(MixedAutoencoderViT):

@@ -10,6 +10,7 @@ import contextlib
 import json
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from .config import Config
 from .data import training_batches
-from .model import build_model
+from .model import build_model, recognition_warnings
 from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, read_metrics, save_atomic, write_text_atomic
 
 CODE_VERSION = "1"  # bump when a change alters what a run computes: cached runs are then retrained
@@ -170,9 +171,15 @@ class MetricLog:
         self.write(record)
         self.window = (now, images)
 
-    def epoch(self, step: int, epoch: int, sums: dict, seconds: float):
+    def epoch(self, step: int, epoch: int, sums: dict, seconds: float, warnings: list[str]):
+        """The epoch's means; MixedAE's recognition warnings (model.recognition_warnings) on the epoch's last
+        logged step are printed and kept in the line."""
         self.write({"kind": "epoch", "step": step, "epoch": epoch,
-                    **{k: sums[k] / sums["steps"] for k in LOSSES}, "seconds": seconds})
+                    **{k: sums[k] / sums["steps"] for k in LOSSES}, "seconds": seconds,
+                    **({"warnings": warnings} if warnings else {})})
+        if self.rank == 0:
+            for w in warnings:
+                print(f"warning (epoch {epoch}): {w}", file=sys.stderr, flush=True)
 
 
 class StopRequest:
@@ -300,7 +307,8 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
                 log.step(step, epoch, float(lrs[step]), values, state["images"], state["train_seconds"])
                 bar.set_postfix(loss=f"{values['loss']:.4f}")
             if end_of_epoch:
-                log.epoch(step, epoch, state["epoch_sums"], state["train_seconds"])
+                log.epoch(step, epoch, state["epoch_sums"], state["train_seconds"],
+                          recognition_warnings(c, values["loss_hc"], values.get("topk_acc_layers")))
                 state["epoch_sums"] = None
                 save_checkpoint(model, train_step.optimizer, state, c, run_dir, rank)
             signum = stop.agreed(device, world)
@@ -317,11 +325,17 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
 def write_summary(c: Config, run_dir: Path, state: dict, total: int, steps_per_epoch: int, world: int, device,
                   rank: int, stamp=None) -> dict:
     """summary.json, the mark of a finished run."""
-    epochs = [m for m in read_metrics(run_dir) if m["kind"] == "epoch"] if rank == 0 else []
+    metrics = read_metrics(run_dir) if rank == 0 else []
+    epochs = [m for m in metrics if m["kind"] == "epoch"]
+    last = next((m for m in reversed(metrics) if m["kind"] == "step"), {})
     summary = {"run": run_dir.name, "config": c.to_dict(), "code_version": CODE_VERSION, "steps": total,
                "epochs_run": total / steps_per_epoch, "images": state["images"],
                "train_seconds": state["train_seconds"], "img_per_s": state["images"] / max(state["train_seconds"], 1e-9),
                "processes": world, "final": epochs[-1] if epochs else None, "device": describe_device(device),
+               **({"recognition": {**c.recognition_references, "loss_hc": last.get("loss_hc"),
+                                   "topk_acc_layers": last.get("topk_acc_layers"),
+                                   "warnings": recognition_warnings(c, last.get("loss_hc", 0.0), last.get("topk_acc_layers"))}}
+                  if c.method == "mixedae" else {}),
                **(stamp(device) if stamp else {})}
     if rank == 0:
         write_text_atomic(run_dir / SUMMARY, json.dumps(summary, indent=1))

@@ -1,5 +1,6 @@
 """MAE + naive mixing and MixedAE: mixing, unmixing, homologous attention, the losses (docs/METHOD.md)."""
 import dataclasses
+import math
 
 import pytest
 import timm
@@ -9,7 +10,7 @@ from timm.models.vision_transformer import Attention
 
 from mixedae_core import ModelConfig, build_model, encoder_state_dict
 from mixedae_core.evaluate import cross_image_reliance
-from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
+from mixedae_core.losses import homologous_attention_loss, homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
 from mixedae_core.model import HomologousAttention, topk_accuracy
 
@@ -100,7 +101,7 @@ def test_topk_with_all_tokens_equals_timm_attention():
 @pytest.mark.parametrize("K", [1, 5, 9])
 def test_each_patch_query_keeps_exactly_k_keys_and_cls_is_global(K):
     _, hom = attention_pair()
-    _, attn, selection = hom(torch.randn(2, 17, 32), topk=K, return_attention=True)
+    _, attn, selection, _ = hom(torch.randn(2, 17, 32), topk=K, return_attention=True)
     assert torch.equal((attn[:, :, 1:] > 0).sum(-1), torch.full((2, 2, 16), K))
     assert torch.equal(selection.sum(-1), torch.full((2, 2, 16), K))
     assert (attn[:, :, 0] > 0).all()  # [CLS] query sees every token
@@ -110,12 +111,12 @@ def test_each_patch_query_keeps_exactly_k_keys_and_cls_is_global(K):
 def test_topk_keeps_the_largest_logits():
     _, hom = attention_pair()
     x = torch.randn(1, 17, 32)
-    _, global_attn, none_dropped = hom(x, return_attention=True)
+    _, global_attn, none_dropped, _ = hom(x, return_attention=True)
     assert none_dropped is None
     # softmax is monotone: the K largest logits = the K largest probs
     selection = torch.zeros_like(global_attn[:, :, 1:], dtype=torch.bool)
     selection.scatter_(-1, global_attn[:, :, 1:].topk(4, dim=-1).indices, True)
-    assert torch.equal(hom(x, topk=4, return_attention=True)[2], selection)
+    assert torch.equal(hom(x, topk=4, return_attention=True).selection, selection)
 
 
 # ---------------------------------------------------------------- unmixing and decoder
@@ -209,7 +210,8 @@ def test_mixedae_total_loss_is_rec_plus_weighted_hc():
 @pytest.mark.parametrize("cfg", [dict(method="mae"), dict(method="naive"), dict(method="naive", mix_mode="full"),
                                  dict(method="mixedae"), dict(method="mixedae", mix_mode="full"),
                                  dict(method="mixedae", seg_embed="decoder"), dict(method="mixedae", seg_embed="none"),
-                                 dict(method="mixedae", homologous_layers=(1,), topk=3)])
+                                 dict(method="mixedae", homologous_layers=(1,), topk=3),
+                                 dict(method="mixedae", hc_form="features")])
 def test_every_trainable_parameter_gets_a_gradient(cfg):
     model = build_model(tiny(**cfg))
     model(images(8)).loss.backward()
@@ -221,7 +223,9 @@ def test_module_sets_per_method():
     names = lambda m: set(dict(build_model(tiny(m)).named_parameters()))
     mae, naive, mixedae = names("mae"), names("naive"), names("mixedae")
     assert mae == naive  # mixing adds no parameter
-    assert mixedae - mae == {"seg_embed", "hc_head.0.weight", "hc_head.0.bias", "hc_head.2.weight", "hc_head.2.bias"}
+    assert mixedae - mae == {"seg_embed"}  # the attention-level homologous loss has no parameter
+    features = set(dict(build_model(tiny("mixedae", hc_form="features")).named_parameters()))
+    assert features - mae == {"seg_embed", "hc_head.0.weight", "hc_head.0.bias", "hc_head.2.weight", "hc_head.2.bias"}
 
 
 def test_same_seed_same_shared_weights_in_every_method():
@@ -235,7 +239,7 @@ def test_same_seed_same_shared_weights_in_every_method():
 
 
 def test_weights_move_between_methods():
-    mixedae = build_model(tiny("mixedae"))
+    mixedae = build_model(tiny("mixedae", hc_form="features"))
     mae = build_model(tiny("mae"))
     missing, unexpected = mae.load_state_dict(mixedae.state_dict(), strict=False)
     assert not missing and set(unexpected) == {k for k in mixedae.state_dict() if k.startswith(("seg_embed", "hc_head"))}
@@ -342,3 +346,86 @@ def test_topk_only_in_homologous_layers():
     assert (first > 0).all()  # global
     assert ((second[:, :, 1:] > 0).sum(-1) == 3).all()
     assert out.topk_acc.shape == (1,)
+
+
+# ---------------------------------------------------------------- homologous recognition
+def attention_loss_reference(logits, src):
+    """Loop over layers, sequences, heads and queries: -log(share of the softmax over the other patch keys
+    that falls on the query's own image)."""
+    losses = []
+    for layer in logits:
+        E, H, N, _ = layer.shape
+        for e in range(E):
+            for h in range(H):
+                for i in range(N):
+                    others = [j for j in range(N) if j != i]
+                    p = torch.softmax(torch.stack([layer[e, h, i, 1 + j] for j in others]), 0)
+                    losses.append(-torch.log(sum(p[a] for a, j in enumerate(others) if src[e, j] == src[e, i])))
+    return torch.stack(losses).mean()
+
+
+def test_attention_loss_matches_loop_reference_and_its_references():
+    torch.manual_seed(0)
+    src = torch.stack([torch.randperm(8) % 4 for _ in range(2)])
+    logits = [torch.randn(2, 3, 8, 9), torch.randn(2, 3, 8, 9)]
+    torch.testing.assert_close(homologous_attention_loss(logits, src), attention_loss_reference(logits, src))
+    refs = tiny("mixedae").recognition_references  # N = 16, G = 4, rN = 4
+    uniform = homologous_attention_loss([torch.zeros(2, 3, 16, 17)], torch.stack([torch.arange(16) % 4] * 2))
+    torch.testing.assert_close(uniform.item(), refs["loss_hc_chance"])
+    assert refs["loss_hc_chance"] == pytest.approx(-math.log(3 / 15)) and refs["loss_hc_perfect"] == 0
+    same = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1).float()
+    perfect = homologous_attention_loss([torch.cat([torch.zeros(2, 3, 8, 1), 50 * same.expand(2, 3, 8, 8)], -1)], src)
+    assert perfect < 1e-6
+
+
+def test_identical_projections_sit_at_the_features_collapse_value():
+    refs = tiny("mixedae", hc_form="features").recognition_references
+    src = torch.stack([torch.arange(16) % 4] * 2)
+    z = F.normalize(torch.ones(2, 16, 8), dim=-1)  # every patch projected to the same point
+    torch.testing.assert_close(homologous_contrastive_loss(z, src, 0.1).item(), refs["loss_hc_chance"])
+    assert refs["loss_hc_chance"] == pytest.approx(math.log(15)) and refs["loss_hc_perfect"] == pytest.approx(math.log(3))
+
+
+def test_homologous_keys_that_dominate_the_logits_give_topk_accuracy_1():
+    """A one-block model whose queries and keys read only a huge segment embedding: TopK keeps own-image keys.
+    K = rN: exactly an image's own keys (with K = rN + 1 the last key may come from another image)."""
+    c = tiny("mixedae", depth=1, embed_dim=32, num_heads=1, topk=4)
+    model = build_model(c).eval()
+    D = c.embed_dim
+    with torch.no_grad():
+        model.seg_embed.copy_(1e3 * torch.eye(c.group_size, D))  # orthogonal, dwarfing patch + position
+        qkv = model.blocks[0].attn.qkv
+        qkv.weight.zero_()
+        qkv.bias.zero_()
+        qkv.weight[:D].copy_(torch.eye(D))      # q = normed token
+        qkv.weight[D:2 * D].copy_(torch.eye(D))  # k = normed token
+        out = model(images(8), diagnostics=True)
+    assert out.topk_acc.item() > 0.99
+    with torch.no_grad():
+        model.seg_embed.zero_()
+        chance = model(images(8), diagnostics=True).topk_acc.item()
+    assert chance < 0.9
+
+
+def test_mixedae_without_its_parts_is_naive_mixing():
+    """K = every token, no segment embedding, no homologous loss: MixedAE computes what naive mixing computes."""
+    torch.manual_seed(0)
+    naive = build_model(tiny("naive"))
+    for form in ("attention", "features"):
+        torch.manual_seed(0)
+        stripped = build_model(tiny("mixedae", topk=17, seg_embed="none", hc_weight=0.0, hc_form=form))
+        x, noise = images(8), torch.rand(2, 16, generator=torch.Generator().manual_seed(3))
+        a, b = naive(x, noise=noise), stripped(x, noise=noise)
+        assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
+
+
+def test_recognition_warnings_flag_chance_and_collapse_only():
+    from mixedae_core.model import recognition_warnings
+    features = tiny("mixedae", hc_form="features")
+    refs = features.recognition_references
+    chance, collapsed = refs["topk_acc_chance"], refs["loss_hc_chance"]
+    both = recognition_warnings(features, collapsed, [chance, chance])
+    assert len(both) == 2 and "at chance" in both[0] and "chance value" in both[1]
+    assert recognition_warnings(features, refs["loss_hc_perfect"], [0.9, 0.8]) == []
+    assert recognition_warnings(tiny("naive"), 9.9, None) == []
+    assert len(recognition_warnings(tiny("mixedae"), 0.1, [chance])) == 1  # attention form: loss fine, TopK not

@@ -27,7 +27,9 @@ def parse_value(cls, config_field: dataclasses.Field, text: str):
     hint = typing.get_type_hints(cls)[config_field.name]
     args = typing.get_args(hint)
     optional = type(None) in args
-    if optional and text.lower() in ("none", "null", ""):
+    # 'none' is a value of some string choices (--seg_embed none): for those only 'null' means None
+    nulls = ("null", "") if str in args else ("none", "null", "")
+    if optional and text.lower() in nulls:
         return None
     if isinstance(hint, (types.UnionType, typing._UnionGenericAlias)):  # X | None
         hint = next(a for a in args if a is not type(None))

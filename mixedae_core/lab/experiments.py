@@ -34,15 +34,15 @@ def equal_compute_steps(config) -> int:
 @dataclass(frozen=True)
 class Experiment:
     """A notebook's runs: `variants` (overrides, or functions of the preset's MixedAE config returning a
-    list of overrides) for `seeds` ('all' of the preset's seeds, or its 'first'); `draws` are the methods
-    whose first-seed models the notebook draws (their checkpoints must exist, not only their records)."""
+    list of overrides) for `seeds` ('all' of the preset's seeds, 'first', or the first n); `draws` are the
+    methods whose first-seed models the notebook draws (their checkpoints must exist, not only their records)."""
     variants: tuple
-    seeds: str = "all"
+    seeds: str | int = "all"
     draws: tuple = ()
     also: tuple = ()  # notebooks whose runs this one reads too
 
     def runs(self, config, seeds) -> list[dict]:
-        chosen = list(seeds) if self.seeds == "all" else list(seeds)[:1]
+        chosen = list(seeds)[:{"all": len(seeds), "first": 1}.get(self.seeds, self.seeds)]
         expanded = []
         for v in self.variants:
             expanded += v(config) if callable(v) else [v]
@@ -50,6 +50,21 @@ class Experiment:
 
 
 HEADLINE = tuple({"method": m} for m in METHODS)
+# Where homologous recognition comes from (docs/METHOD.md, "Homologous recognition"): the homologous loss on
+# the attention logits or on the final features, the segment embedding at the encoder, the decoder or nowhere.
+# The cpu preset's 24k images (187 steps) end while TopK accuracy is still rising (measured for the attention
+# loss at weight 0.1: 0.30 at step 100 of a 60k epoch, 0.41 at its end, step 468), so the designs train one
+# epoch of all training images.
+RECOGNITION_SCHEDULE = {"train_subset": None}
+RECOGNITION_DESIGNS = {  # the default first
+    "attention loss, weight 1, segment emb. at encoder (default)": {"hc_form": "attention", "seg_embed": "encoder"},
+    "attention loss, weight 1, segment emb. at decoder": {"hc_form": "attention", "seg_embed": "decoder"},
+    "attention loss, weight 1, no segment emb.": {"hc_form": "attention", "seg_embed": "none"},
+    "attention loss, weight 0.1, segment emb. at encoder": {"hc_form": "attention", "seg_embed": "encoder",
+                                                             "hc_weight": 0.1},
+    "SupCon on features, weight 0.1, segment emb. at encoder (before)": {"hc_form": "features", "seg_embed": "encoder",
+                                                                         "hc_weight": 0.1},
+}
 EXPERIMENTS = {
     "00_tour": Experiment(variants=({"method": "mixedae"},), seeds="first", draws=("mixedae",)),
     "01_naive_mixing_vs_mae": Experiment(variants=HEADLINE),
@@ -57,14 +72,23 @@ EXPERIMENTS = {
         variants=({"method": "naive", "group_by": "class"}, {"method": "mixedae", "group_by": "class"}),
         seeds="first", also=("01_naive_mixing_vs_mae",)),
     "03_choice_of_k": Experiment(
-        variants=(lambda c: [{"method": "mixedae", "topk": k} for k in k_values(c)],), seeds="first"),
+        variants=(lambda c: [{"method": "mixedae", "topk": k} for k in k_values(c)],), seeds="first",
+        also=("recognition_default", "recognition_designs")),
+    # Notebook 03's section on the recognition designs: the default with 3 seeds, the others with 2, each on
+    # the whole training set for one epoch (RECOGNITION_SCHEDULE).
+    "recognition_default": Experiment(
+        variants=({"method": "mixedae", **RECOGNITION_SCHEDULE, **next(iter(RECOGNITION_DESIGNS.values()))},),
+        seeds=3),
+    "recognition_designs": Experiment(
+        variants=tuple({"method": "mixedae", **RECOGNITION_SCHEDULE, **design}
+                       for design in list(RECOGNITION_DESIGNS.values())[1:]), seeds=2),
     "04_compose_vs_full": Experiment(
         variants=({"method": "mixedae"}, {"method": "mixedae", "mix_mode": "full"},
                   lambda c: [{"method": "mixedae", "mix_mode": "full", "max_steps": equal_compute_steps(c)}]),
         seeds="first"),
     "05_attention_maps": Experiment(variants=(), draws=METHODS, also=("01_naive_mixing_vs_mae",)),
 }
-NOTEBOOKS = tuple(EXPERIMENTS)
+NOTEBOOKS = tuple(name for name in EXPERIMENTS if name[0].isdigit())
 
 
 def notebook_runs(notebook: str, config, seeds) -> list[dict]:
@@ -86,7 +110,7 @@ def planned_runs(config, seeds, canonical) -> list[dict]:
     """Every run of every notebook once, headline first. `canonical(overrides)` names a run (two overrides
     that make the same config, e.g. topk=None and topk=rN + 1, are one run)."""
     plan, seen = [], set()
-    for notebook in ("01_naive_mixing_vs_mae", *NOTEBOOKS):
+    for notebook in ("01_naive_mixing_vs_mae", *EXPERIMENTS):
         for run in EXPERIMENTS[notebook].runs(config, seeds):
             name = canonical(run)
             if name not in seen:

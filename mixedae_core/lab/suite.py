@@ -110,7 +110,8 @@ class Suite:
                 **{k: result["scores"]["encoder"][k] for k in SCORES},
                 "loss_rec": final.get("loss_rec"), "loss_hc": final.get("loss_hc"),
                 "train_seconds": summary["train_seconds"], "img_per_s": summary["img_per_s"],
-                "steps": summary["steps"], "run": record.name}
+                "steps": summary["steps"], "run": record.name,
+                "warnings": "; ".join(summary.get("recognition", {}).get("warnings", []))}
 
     def baselines(self, **overrides) -> pd.DataFrame:
         """Random-init encoder and raw-pixel scores of the preset's model and data, one row each."""
@@ -219,6 +220,12 @@ def start(notebook: str, preset: str, seeds=None, device: str = "auto", out_dir:
     import seaborn as sns
     sns.set_theme(style="whitegrid", context="notebook")
     return Suite(preset, seeds, device, out_dir, notebook=notebook, runs_root=runs_root)
+
+
+def recognition_notes(rows: pd.DataFrame) -> list[str]:
+    """One line per run whose homologous recognition sat at chance or at its collapse value at the end."""
+    flagged = rows[rows["warnings"].fillna("") != ""] if "warnings" in rows else rows.iloc[:0]
+    return [f"- Run {r['run']} ({r['method']}, seed {r['seed']}): {r['warnings']}." for _, r in flagged.iterrows()]
 
 
 def conclusion(claims: list[dict], *notes: str):
