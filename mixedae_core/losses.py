@@ -70,6 +70,8 @@ def homologous_attention_loss(patch_logits: list[torch.Tensor], src: torch.Tenso
     own = ((src.unsqueeze(2) == src.unsqueeze(1)) & others).unsqueeze(1)  # [E, 1, N, N]
     losses = []
     for logits in patch_logits:
-        logits = logits[..., 1:].float().masked_fill(~others, float("-inf"))
-        losses.append((logits.logsumexp(-1) - logits.masked_fill(~own, float("-inf")).logsumexp(-1)).mean())
+        logits = logits[..., 1:].float()
+        # one exp for both sums: log(sum over other keys) - log(sum over own keys), shifted by the row max
+        weights = (logits - logits.detach().amax(-1, keepdim=True)).exp() * others
+        losses.append((weights.sum(-1).log() - (weights * own).sum(-1).log()).mean())
     return torch.stack(losses).mean()

@@ -229,28 +229,32 @@ class HomologousAttention(Attention):
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        patch_logits = (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1) if return_logits else None
+        # With return_logits the loss needs the logits with their gradient: then the attention is computed from
+        # those same logits (once) instead of the fused kernel, which would compute them again.
+        logits = (q * self.scale) @ k.transpose(-2, -1) if return_logits else None
         keep = selection = None
         if topk is not None and topk < T:
-            # The selection is discrete (no gradient flows through it): find it without autograd, then
-            # run the attention itself in the fused kernel under a boolean mask.
+            # The selection is discrete (no gradient flows through it): found without autograd.
             with torch.no_grad():
-                logits = patch_logits if patch_logits is not None else (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1)
-                kept = logits.topk(topk, dim=-1, sorted=False).indices
-                selection = torch.zeros_like(logits, dtype=torch.bool).scatter_(-1, kept, True)
+                patch = logits[:, :, 1:] if logits is not None else (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1)
+                kept = patch.topk(topk, dim=-1, sorted=False).indices
+                selection = torch.zeros_like(patch, dtype=torch.bool).scatter_(-1, kept, True)
                 keep = torch.cat([torch.ones_like(selection[:, :, :1]), selection], dim=2)  # [CLS] row: global
-        x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                           dropout_p=self.attn_drop.p if self.training else 0.0)
+        probs = None
+        if logits is not None:
+            probs = (logits if keep is None else logits.masked_fill(~keep, float("-inf"))).softmax(dim=-1)
+            x = self.attn_drop(probs) @ v
+        else:
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
+                                               dropout_p=self.attn_drop.p if self.training else 0.0)
         x = self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(B, T, self.attn_dim))))
         if not (return_attention or return_logits):
             return x
-        probs = None
-        if return_attention:
+        if return_attention and probs is None:
             logits = (q * self.scale) @ k.transpose(-2, -1)
-            if keep is not None:
-                logits = logits.masked_fill(~keep, float("-inf"))
-            probs = logits.softmax(dim=-1).detach()
-        return AttentionOut(x, probs, selection, patch_logits)
+            probs = (logits if keep is None else logits.masked_fill(~keep, float("-inf"))).softmax(dim=-1)
+        return AttentionOut(x, probs.detach() if return_attention else None, selection,
+                            logits[:, :, 1:] if return_logits else None)
 
 
 class HomologousBlock(Block):
@@ -459,7 +463,7 @@ class MixedAutoencoderViT(nn.Module):
         seg = c.resolved_seg_embed
         if seg == "encoder":
             mixed = mixed + self.seg_embed[src]
-        attention_loss = c.method == "mixedae" and c.hc_form == "attention"
+        attention_loss = c.method == "mixedae" and c.hc_form == "attention" and c.hc_weight > 0
         latent, extras = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1), c.resolved_topk,
                                      need_attention, return_logits=attention_loss)
 
