@@ -308,3 +308,16 @@ def test_every_option_has_its_field_comment_and_default_in_help(command, cls, ca
     text = " ".join(capsys.readouterr().out.split())
     for name, doc in docs.items():
         assert f"--{name} VALUE {' '.join(doc.split())} (default: " in text, name
+
+
+def test_every_string_choice_is_reachable_from_the_command_line(tmp_path):
+    """'none' is a value of --seg_embed, not the default (null is); the first design is --hc_form features."""
+    from mixedae_core.lab.cli import parse_value
+    fields = {f.name: f for f in __import__("dataclasses").fields(Config)}
+    assert parse_value(Config, fields["seg_embed"], "none") == "none"
+    assert parse_value(Config, fields["seg_embed"], "null") is None
+    assert parse_value(Config, fields["topk"], "none") is None
+    main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "run"), "--seg_embed", "none", "--hc_form",
+          "features", "--hc_weight", "0.1", "--epochs", "1", "--no-progress"])
+    saved = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (saved["seg_embed"], saved["hc_form"], saved["hc_weight"]) == ("none", "features", 0.1)
