@@ -208,6 +208,11 @@ class AttentionOut(NamedTuple):
     patch_logits: torch.Tensor | None  # [B, H, T-1, T] logits of the patch queries, with gradient (return_logits)
 
 
+def masked_softmax(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+    """Attention probabilities over the kept keys only (keep None: every key)."""
+    return (logits if keep is None else logits.masked_fill(~keep, float("-inf"))).softmax(dim=-1)
+
+
 class HomologousAttention(Attention):
     """timm `Attention` whose patch queries keep only their `topk` largest logits (homologous TopK).
 
@@ -242,7 +247,7 @@ class HomologousAttention(Attention):
                 keep = torch.cat([torch.ones_like(selection[:, :, :1]), selection], dim=2)  # [CLS] row: global
         probs = None
         if logits is not None:
-            probs = (logits if keep is None else logits.masked_fill(~keep, float("-inf"))).softmax(dim=-1)
+            probs = masked_softmax(logits, keep)
             x = self.attn_drop(probs) @ v
         else:
             x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
@@ -251,8 +256,7 @@ class HomologousAttention(Attention):
         if not (return_attention or return_logits):
             return x
         if return_attention and probs is None:
-            logits = (q * self.scale) @ k.transpose(-2, -1)
-            probs = (logits if keep is None else logits.masked_fill(~keep, float("-inf"))).softmax(dim=-1)
+            probs = masked_softmax((q * self.scale) @ k.transpose(-2, -1), keep)
         return AttentionOut(x, probs.detach() if return_attention else None, selection,
                             logits[:, :, 1:] if return_logits else None)
 
