@@ -4,8 +4,10 @@
 
 Each process builds what train() builds (the preset's data on the device, its model, train.TrainStep) and,
 once every process is ready, runs `--steps` training steps with augmentation and masking noise. The
-aggregate is all images over the span from the first start to the last end. This sizes the campaign's
-`--workers` and the gpu preset; results go to results/tables/side_by_side.csv with provenance.
+aggregate is all images over the span from the first start to the last end; `ready_s` is the slowest
+process's time from its start to its first timed step (data on the device, warm-up, compilation), the
+fixed cost of a run. This sizes the campaign's `--workers` and the gpu preset; results go to
+results/tables/side_by_side.csv with provenance.
 """
 import argparse
 import dataclasses
@@ -25,6 +27,7 @@ from mixedae_core.train import TrainStep, resolve_device
 
 
 def _train_steps(config_dict: dict, steps: int, warmup: int, compile_model: bool, barrier, out):
+    began = time.time()
     c = Config(**config_dict)
     device = resolve_device(c)
     torch.manual_seed(c.seed)
@@ -39,16 +42,18 @@ def _train_steps(config_dict: dict, steps: int, warmup: int, compile_model: bool
         step(s)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    ready = time.time() - began  # data on the device, model built, warm-up steps (and compilation) done
     barrier.wait(timeout=300)
     start = time.time()
     for s in range(warmup, warmup + steps):
         step(s)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    out.put((start, time.time()))
+    out.put((start, time.time(), ready))
 
 
-def aggregate_img_per_s(config: Config, workers: int, steps: int, warmup: int, compile_model: bool) -> float:
+def aggregate_img_per_s(config: Config, workers: int, steps: int, warmup: int, compile_model: bool):
+    """(aggregate img/s of the timed steps, the slowest worker's seconds from its start to its first timed step)"""
     ctx = get_context("spawn")
     barrier, out = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=_train_steps, args=(dataclasses.asdict(config), steps, warmup, compile_model,
@@ -70,7 +75,8 @@ def aggregate_img_per_s(config: Config, workers: int, steps: int, warmup: int, c
             p.join(timeout=30)
             if p.is_alive():
                 p.kill()
-    return workers * steps * config.batch_size / (max(e for _, e in spans) - min(s for s, _ in spans))
+    span = max(e for _, e, _ in spans) - min(s for s, _, _ in spans)
+    return workers * steps * config.batch_size / span, max(r for _, _, r in spans)
 
 
 def main():
@@ -95,14 +101,15 @@ def main():
             for method in args.methods:
                 config = dataclasses.replace(base, method=method, batch_size=batch)
                 try:
-                    rate = aggregate_img_per_s(config, w, args.steps, args.warmup, args.compile)
+                    rate, ready = aggregate_img_per_s(config, w, args.steps, args.warmup, args.compile)
                 except RuntimeError as err:
                     print(err, flush=True)
-                    rate = float("nan")
+                    rate = ready = float("nan")
                 rows.append({"preset": args.preset, "method": method, "batch": batch, "workers": w,
-                             "compiled": args.compile, "aggregate_img_per_s": rate, "per_run_img_per_s": rate / w})
+                             "compiled": args.compile, "aggregate_img_per_s": rate, "per_run_img_per_s": rate / w,
+                             "ready_s": ready})
                 print(f"{args.preset} {method:8s} batch {batch:5d} x {w} runs: {rate:9.0f} img/s together, "
-                      f"{rate / w:8.0f} each", flush=True)
+                      f"{rate / w:8.0f} each, ready after {ready:.0f} s", flush=True)
                 # after every row: a probe cut short by its time limit keeps what it measured
                 out.write_text(header + pd.DataFrame(rows).to_csv(index=False, float_format="%.6g"))
     print(f"written to {out}")

@@ -1,5 +1,5 @@
-"""The losses of MixedAE: MAE's pixel reconstruction and the homologous loss, on the attention of the homologous
-layers or as a contrastive (SupCon) loss on the final patch features."""
+"""The losses of MixedAE: MAE's pixel reconstruction and the contrastive (SupCon) form of the homologous loss on
+the final patch features. The attention form is computed by the attention itself (model.TopKAttention)."""
 import torch
 import torch.nn.functional as F
 
@@ -55,23 +55,3 @@ def homologous_contrastive_loss(z: torch.Tensor, src: torch.Tensor, temperature:
     positive = (src.unsqueeze(2) == src.unsqueeze(1)) & ~self_pair
     per_anchor = -(log_prob * positive).sum(-1) / positive.sum(-1).clamp(min=1)
     return per_anchor.mean()
-
-
-def homologous_attention_loss(patch_logits: list[torch.Tensor], src: torch.Tensor) -> torch.Tensor:
-    """Homologous recognition where the TopK selection reads it: for every patch query and head, -log of the
-    softmax mass of its logits that falls on the other patches of its own image ([CLS] and the query's own
-    key left out, so attending to itself earns nothing). Mean over queries, heads and layers.
-
-    patch_logits: per homologous layer [E, H, N, 1 + N] (patch queries, keys with [CLS] first); src [E, N].
-    Uniform logits give -log((rN - 1)/(N - 1)); perfect recognition 0.
-    """
-    N = src.shape[1]
-    others = ~torch.eye(N, dtype=torch.bool, device=src.device)
-    own = ((src.unsqueeze(2) == src.unsqueeze(1)) & others).unsqueeze(1)  # [E, 1, N, N]
-    losses = []
-    for logits in patch_logits:
-        logits = logits[..., 1:].float()
-        # one exp for both sums: log(sum over other keys) - log(sum over own keys), shifted by the row max
-        weights = (logits - logits.detach().amax(-1, keepdim=True)).exp() * others
-        losses.append((weights.sum(-1).log() - (weights * own).sum(-1).log()).mean())
-    return torch.stack(losses).mean()

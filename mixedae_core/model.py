@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Attention, Block, VisionTransformer
 
-from .losses import (homologous_attention_loss, homologous_contrastive_loss, normalize_patches, patchify,
-                     reconstruction_loss)
+from .losses import homologous_contrastive_loss, normalize_patches, patchify, reconstruction_loss
 from .mixing import draw_partition, mix_tokens
 
 METHODS = ("mae", "naive", "mixedae")
@@ -205,12 +204,65 @@ class AttentionOut(NamedTuple):
     x: torch.Tensor
     probs: torch.Tensor | None         # [B, H, T, T] attention probabilities (return_attention)
     selection: torch.Tensor | None     # [B, H, T-1, T] keys kept by the patch queries (None: nothing dropped)
-    patch_logits: torch.Tensor | None  # [B, H, T-1, T] logits of the patch queries, with gradient (return_logits)
+    loss_hc: torch.Tensor | None       # the attention-form homologous loss of this layer (same_image given)
 
 
-def masked_softmax(logits: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
-    """Attention probabilities over the kept keys only (keep None: every key)."""
-    return (logits if keep is None else logits.masked_fill(~keep, float("-inf"))).softmax(dim=-1)
+class TopKAttention(torch.autograd.Function):
+    """softmax(q k^T * scale) v where each patch query keeps only its `topk` largest logits ([CLS] query:
+    every key), and, given `same_image`, the attention-form homologous loss on the same logits: per patch
+    query and head, -log of the softmax mass over the other patch keys that falls on its own image's keys
+    (docs/METHOD.md, section 4.4). Mean over queries and heads.
+
+    One function with a written-out backward because at the widths where attention is a large share of the
+    step, autograd's chain (masked fill, softmax, a second exp for the loss, their backwards) made MixedAE's
+    step markedly slower than MAE's. The selection is discrete: no gradient flows through it.
+    q, k, v [B, H, T, Dh]; same_image [B, 1, T-1, T-1] bool, True where two patches share a source image.
+    Returns (out [B, H, T, Dh], loss or None, probabilities, dropped keys [B, H, T, T] or None).
+    """
+
+    @staticmethod
+    @torch.amp.custom_fwd(device_type="cuda")
+    def forward(ctx, q, k, v, scale: float, topk: int | None, same_image: torch.Tensor | None):
+        T = q.shape[-2]
+        logits = torch.matmul(q, k.transpose(-2, -1))
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).mul_(scale)  # fp32 under autocast
+        patch_exp = loss = other_mass = own_mass = None
+        if same_image is not None:
+            patch = logits[:, :, 1:, 1:]  # its own shift: a dominant [CLS] key must not underflow the patches
+            patch_exp = torch.exp(patch - patch.amax(-1, keepdim=True))
+            patch_exp.diagonal(dim1=-2, dim2=-1).zero_()  # attending to itself earns nothing
+            other_mass, own_mass = patch_exp.sum(-1), (patch_exp * same_image).sum(-1)
+            loss = (other_mass.log() - own_mass.log()).mean()
+        dropped = None
+        if topk is not None and topk < T:
+            kept = logits[:, :, 1:].topk(topk, dim=-1, sorted=False).indices
+            dropped = torch.ones_like(logits, dtype=torch.bool)
+            dropped[:, :, 0] = False
+            dropped[:, :, 1:].scatter_(-1, kept, False)
+            logits.masked_fill_(dropped, float("-inf"))
+        probs = torch.softmax(logits, dim=-1)
+        out = torch.matmul(probs.to(v.dtype), v)
+        ctx.save_for_backward(q, k, v, probs, patch_exp, other_mass, own_mass, same_image)
+        ctx.scale = scale
+        ctx.mark_non_differentiable(probs)
+        return out, loss, probs, dropped
+
+    @staticmethod
+    @torch.amp.custom_bwd(device_type="cuda")
+    def backward(ctx, d_out, d_loss, _d_probs, _d_dropped):
+        q, k, v, probs, patch_exp, other_mass, own_mass, same_image = ctx.saved_tensors
+        d_probs = torch.matmul(d_out, v.transpose(-2, -1)).to(probs.dtype)
+        dv = torch.matmul(probs.transpose(-2, -1).to(d_out.dtype), d_out)
+        d_logits = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
+        if patch_exp is not None and d_loss is not None:
+            # d/dl_ij of log(other_mass_i) - log(own_mass_i) = e_ij / other_mass_i - [j own] e_ij / own_mass_i
+            c = d_loss / other_mass.numel()
+            coef = (c / other_mass).unsqueeze(-1) - same_image * (c / own_mass).unsqueeze(-1)
+            d_logits[:, :, 1:, 1:].addcmul_(patch_exp, coef)
+        d_logits = d_logits.mul_(ctx.scale).to(q.dtype)
+        dq = torch.matmul(d_logits, k)
+        dk = torch.matmul(d_logits.transpose(-2, -1), q)
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
 
 
 class HomologousAttention(Attention):
@@ -218,47 +270,30 @@ class HomologousAttention(Attention):
 
     Parameter-free: the parameters are timm's (`qkv`, `proj`), so the weights load into a stock ViT.
     `topk=None` is global attention (timm's own code path). The [CLS] query (token 0) always attends
-    globally. With `return_attention` (the probabilities and the selection) or `return_logits` (the patch
-    queries' logits, for the attention-level homologous loss) the forward returns an `AttentionOut`, as
+    globally. With `return_attention` (the probabilities and the selection) or `same_image` (the
+    attention-form homologous loss on this layer's logits) the forward returns an `AttentionOut`, as
     DINO returns attention by argument.
     """
 
     def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False,
-                return_logits: bool = False):
-        if topk is None and not (return_attention or return_logits):
+                same_image: torch.Tensor | None = None):
+        if topk is not None and topk >= x.shape[1]:
+            topk = None  # keeps every key: global attention, timm's own path where nothing else is asked
+        if topk is None and not return_attention and same_image is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        if attn_mask is not None or is_causal or self.gate is not None:
+        if attn_mask is not None or is_causal or self.gate is not None or (self.training and self.attn_drop.p):
             raise ValueError("HomologousAttention's TopK/attention-returning path supports neither attn_mask, "
-                             "is_causal nor gated attention")
+                             "is_causal, gated attention nor attention dropout")
         B, T, _ = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        # With return_logits the loss needs the logits with their gradient: then the attention is computed from
-        # those same logits (once) instead of the fused kernel, which would compute them again.
-        logits = (q * self.scale) @ k.transpose(-2, -1) if return_logits else None
-        keep = selection = None
-        if topk is not None and topk < T:
-            # The selection is discrete (no gradient flows through it): found without autograd.
-            with torch.no_grad():
-                patch = logits[:, :, 1:] if logits is not None else (q[:, :, 1:] * self.scale) @ k.transpose(-2, -1)
-                kept = patch.topk(topk, dim=-1, sorted=False).indices
-                selection = torch.zeros_like(patch, dtype=torch.bool).scatter_(-1, kept, True)
-                keep = torch.cat([torch.ones_like(selection[:, :, :1]), selection], dim=2)  # [CLS] row: global
-        probs = None
-        if logits is not None:
-            probs = masked_softmax(logits, keep)
-            x = self.attn_drop(probs) @ v
-        else:
-            x = F.scaled_dot_product_attention(q, k, v, attn_mask=keep,
-                                               dropout_p=self.attn_drop.p if self.training else 0.0)
+        x, loss_hc, probs, dropped = TopKAttention.apply(q, k, v, self.scale, topk, same_image)
         x = self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(B, T, self.attn_dim))))
-        if not (return_attention or return_logits):
+        if not return_attention and same_image is None:
             return x
-        if return_attention and probs is None:
-            probs = masked_softmax((q * self.scale) @ k.transpose(-2, -1), keep)
-        return AttentionOut(x, probs.detach() if return_attention else None, selection,
-                            logits[:, :, 1:] if return_logits else None)
+        selection = None if dropped is None or not return_attention else ~dropped[:, :, 1:]
+        return AttentionOut(x, probs if return_attention else None, selection, loss_hc)
 
 
 class HomologousBlock(Block):
@@ -267,11 +302,12 @@ class HomologousBlock(Block):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, attn_layer=HomologousAttention, **kwargs)
 
-    def forward(self, x, topk: int | None = None, return_attention: bool = False, return_logits: bool = False):
+    def forward(self, x, topk: int | None = None, return_attention: bool = False,
+                same_image: torch.Tensor | None = None):
         """Returns (x, AttentionOut or None)."""
-        y = self.attn(self.norm1(x), topk=topk, return_attention=return_attention, return_logits=return_logits)
+        y = self.attn(self.norm1(x), topk=topk, return_attention=return_attention, same_image=same_image)
         extra = None
-        if return_attention or return_logits:
+        if return_attention or same_image is not None:
             y, extra = y.x, y
         x = x + self.drop_path1(self.ls1(y))
         x = x + self.drop_path2(self.ls2(self.mlp(self.norm2(x))))
@@ -294,12 +330,14 @@ def topk_accuracy(selection: torch.Tensor | None, src: torch.Tensor) -> torch.Te
 
 def recognition_warnings(config: ModelConfig, loss_hc: float, topk_acc_layers) -> list[str]:
     """Sentences for a MixedAE run whose homologous recognition sits where chance puts it: TopK accuracy
-    (mean over layers) within 10 % of the way from chance to 1, or loss_hc within 10 % of the way from its
-    chance value to its perfect value. Empty for other methods and for a run that recognises."""
+    (mean over layers) within 10 % of the way from chance to 1 (where K selects at all), or loss_hc within
+    10 % of the way from its chance value to its perfect value. Empty for other methods and for a run that
+    recognises."""
     if config.method != "mixedae":
         return []
     refs, out = config.recognition_references, []
-    if topk_acc_layers:
+    selects = config.resolved_topk < config.num_patches + 1  # K = every token keeps all keys: chance by design
+    if topk_acc_layers and selects:
         mean = sum(topk_acc_layers) / len(topk_acc_layers)
         if mean < refs["topk_acc_chance"] + 0.1 * (1 - refs["topk_acc_chance"]):
             out.append(f"TopK accuracy {mean:.3f} (mean over layers) is at chance ({refs['topk_acc_chance']:.3f}): "
@@ -397,13 +435,15 @@ class MixedAutoencoderViT(nn.Module):
         mask = torch.gather(mask, dim=1, index=ids_restore)
         return x_masked, mask, ids_restore
 
-    def encode(self, x, topk=None, return_attention=False, return_logits=False):
-        """Run the encoder blocks on [E, T, D] tokens ([CLS] first), TopK in the homologous layers.
+    def encode(self, x, topk=None, return_attention=False, same_image=None):
+        """Run the encoder blocks on [E, T, D] tokens ([CLS] first), TopK in the homologous layers, which also
+        compute the attention-form homologous loss given `same_image` ([E, 1, N, N], see TopKAttention).
         Returns (normalised tokens, per-block AttentionOut, or None where nothing was asked)."""
         homologous = self.config.resolved_homologous_layers
         extras = []
         for i, blk in enumerate(self.blocks):
-            x, extra = blk(x, topk if i in homologous else None, return_attention, return_logits and i in homologous)
+            x, extra = blk(x, topk if i in homologous else None, return_attention,
+                           same_image if i in homologous else None)
             extras.append(extra)
         return self.norm(x), extras
 
@@ -468,8 +508,9 @@ class MixedAutoencoderViT(nn.Module):
         if seg == "encoder":
             mixed = mixed + self.seg_embed[src]
         attention_loss = c.method == "mixedae" and c.hc_form == "attention" and c.hc_weight > 0
+        same_image = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1) if attention_loss else None
         latent, extras = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1), c.resolved_topk,
-                                     need_attention, return_logits=attention_loss)
+                                     need_attention, same_image)
 
         # Unmix: image b's decoder sequence holds its own encoded tokens and mask tokens elsewhere;
         # it never receives another image's patch tokens.
@@ -485,7 +526,7 @@ class MixedAutoencoderViT(nn.Module):
 
         loss_hc = torch.zeros((), device=imgs.device)
         if attention_loss:
-            loss_hc = homologous_attention_loss([extras[i].patch_logits for i in c.resolved_homologous_layers], src)
+            loss_hc = torch.stack([extras[i].loss_hc for i in c.resolved_homologous_layers]).mean()
         elif self.hc_head is not None:
             z = F.normalize(self.hc_head(latent[:, 1:]), dim=-1)
             loss_hc = homologous_contrastive_loss(z, src, c.hc_temperature)

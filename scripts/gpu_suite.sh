@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The GPU suite inside a wall-clock limit, on a GPU machine without internet access.
 #
-#   OUT=DIR scripts/gpu_suite.sh probe   (~3 min): aggregate img/s of 1, 4 and 8 runs side by side
-#                                         (side_by_side.csv: sizes WORKERS and the gpu preset) and make bench
+#   OUT=DIR scripts/gpu_suite.sh probe   (~7 min): make bench (bench.csv), then the aggregate img/s of 1, 4
+#                                         and 8 runs side by side, eager and compiled (side_by_side*.csv: they
+#                                         size WORKERS and the gpu preset)
 #   OUT=DIR scripts/gpu_suite.sh suite   (~10 min): the campaign (BUDGET seconds of training and evaluation,
 #                                         WORKERS runs side by side), then the notebooks within LIMIT seconds
 #
@@ -17,7 +18,7 @@ set -uo pipefail
 SECONDS=0
 mode=${1:?usage: OUT=DIR scripts/gpu_suite.sh probe|suite}
 : "${OUT:?OUT must name the folder that receives the results}"
-PRESET=${PRESET:-gpu} WORKERS=${WORKERS:-6} BUDGET=${BUDGET:-390} LIMIT=${LIMIT:-570} BENCH_TIMEOUT=${BENCH_TIMEOUT:-120}
+PRESET=${PRESET:-gpu} WORKERS=${WORKERS:-6} BUDGET=${BUDGET:-390} LIMIT=${LIMIT:-570} BENCH_TIMEOUT=${BENCH_TIMEOUT:-140}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 if [ -z "${FASHION_MNIST_DIR:-}" ] && [ -d offline/fashion-mnist ]; then export FASHION_MNIST_DIR="$PWD/offline/fashion-mnist"; fi
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -27,14 +28,41 @@ fi
 PY=${PY:-python3}
 # Check the environment first: a broken start costs seconds, not the whole limit.
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
-$PY -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"
+MODE=$mode PRESET=$PRESET $PY - <<'CHECK' || exit 3
+import importlib, os, sys
+mode, preset = os.environ["MODE"], os.environ["PRESET"]
+missing = []
+for name in ["torch", "timm", "pandas", "matplotlib", "seaborn", "scipy", "tqdm"] + \
+        (["papermill", "ipykernel"] if mode == "suite" else []):
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        missing.append(f"{name} ({err})")
+if missing:
+    sys.exit("environment check failed: cannot import " + ", ".join(missing)
+             + ". Put their wheels into .whl/ (scripts/offline_wheels.sh) and run again.")
+import torch, timm
+from mixedae_core.config import make_config
+from mixedae_core.data import DatasetError, find_fashion_mnist
+print("torch", torch.__version__, "timm", timm.__version__, "cuda", torch.cuda.is_available())
+config = make_config(preset)
+if config.device.startswith("cuda") and not torch.cuda.is_available():
+    sys.exit(f"environment check failed: preset {preset} trains on CUDA, and torch {torch.__version__} sees no GPU.")
+if config.dataset == "fashion-mnist":
+    try:
+        print("Fashion-MNIST:", find_fashion_mnist())
+    except DatasetError as err:
+        sys.exit(f"environment check failed: {err}")
+CHECK
 mkdir -p "$OUT/results/tables"
 case $mode in
   probe)
-    timeout 240 $PY benchmarks/side_by_side.py --preset "$PRESET" --workers 1 4 8 --methods mae mixedae --steps 60 \
-      --out "$OUT/results/tables/side_by_side.csv"
-    timeout "$BENCH_TIMEOUT" $PY benchmarks/bench.py
-    cp results/tables/bench.csv "$OUT/results/tables/"
+    # make bench first (the committed GPU rows), then how many runs fit side by side, eager and compiled
+    timeout "$BENCH_TIMEOUT" $PY benchmarks/bench.py && cp results/tables/bench.csv "$OUT/results/tables/"
+    timeout "${PROBE_TIMEOUT:-150}" $PY benchmarks/side_by_side.py --preset "$PRESET" --workers 1 4 8 \
+      --methods mae mixedae --steps 60 --out "$OUT/results/tables/side_by_side.csv"
+    timeout "${COMPILE_TIMEOUT:-130}" $PY benchmarks/side_by_side.py --preset "$PRESET" --workers 1 4 \
+      --methods mixedae --steps 60 --compile --out "$OUT/results/tables/side_by_side_compiled.csv"
     ;;
   suite)
     collect() {
@@ -42,7 +70,6 @@ case $mode in
       tar czf "$OUT/run-logs.tgz" "${MIXEDAE_RUNS:-runs}/logs" 2>/dev/null
     }
     trap collect EXIT
-    $PY -c "import papermill, ipykernel" || echo "papermill/ipykernel missing: the campaign runs, the notebooks fail"
     $PY -m mixedae_core campaign --preset "$PRESET" --workers "$WORKERS" --budget "$BUDGET" --no-progress 2>&1 \
       | tee "$OUT/campaign.log"
     rc=${PIPESTATUS[0]}

@@ -10,9 +10,9 @@ from timm.models.vision_transformer import Attention
 
 from mixedae_core import ModelConfig, build_model, encoder_state_dict
 from mixedae_core.evaluate import cross_image_reliance
-from mixedae_core.losses import homologous_attention_loss, homologous_contrastive_loss, reconstruction_loss
+from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
-from mixedae_core.model import HomologousAttention, topk_accuracy
+from mixedae_core.model import HomologousAttention, TopKAttention, topk_accuracy
 
 TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # N = 16 positions
@@ -364,18 +364,59 @@ def attention_loss_reference(logits, src):
     return torch.stack(losses).mean()
 
 
+def same_image_of(src):
+    return (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1)
+
+
+def attention_loss(q, k, src, topk=None):
+    """The attention-form loss TopKAttention computes beside the attention (v does not enter it)."""
+    return TopKAttention.apply(q, k, torch.randn_like(q), 1.0, topk, same_image_of(src))[1]
+
+
 def test_attention_loss_matches_loop_reference_and_its_references():
     torch.manual_seed(0)
     src = torch.stack([torch.randperm(8) % 4 for _ in range(2)])
-    logits = [torch.randn(2, 3, 8, 9), torch.randn(2, 3, 8, 9)]
-    torch.testing.assert_close(homologous_attention_loss(logits, src), attention_loss_reference(logits, src))
+    q, k = torch.randn(2, 3, 9, 4), torch.randn(2, 3, 9, 4)
+    logits = q @ k.transpose(-2, -1)
+    for topk in (None, 3):  # the selection does not enter the loss
+        torch.testing.assert_close(attention_loss(q, k, src, topk), attention_loss_reference([logits[:, :, 1:]], src))
     refs = tiny("mixedae").recognition_references  # N = 16, G = 4, rN = 4
-    uniform = homologous_attention_loss([torch.zeros(2, 3, 16, 17)], torch.stack([torch.arange(16) % 4] * 2))
+    src16 = torch.stack([torch.arange(16) % 4] * 2)
+    uniform = attention_loss(torch.zeros(2, 3, 17, 4), torch.randn(2, 3, 17, 4), src16)
     torch.testing.assert_close(uniform.item(), refs["loss_hc_chance"])
     assert refs["loss_hc_chance"] == pytest.approx(-math.log(3 / 15)) and refs["loss_hc_perfect"] == 0
-    same = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1).float()
-    perfect = homologous_attention_loss([torch.cat([torch.zeros(2, 3, 8, 1), 50 * same.expand(2, 3, 8, 8)], -1)], src)
-    assert perfect < 1e-6
+    # queries and keys that are the one-hot of their image (x 7): own-image logits 49, others 0
+    one_hot = torch.cat([torch.zeros(2, 1, 4), 7 * F.one_hot(src, 4).float()], 1).unsqueeze(1).expand(2, 3, 9, 4)
+    assert attention_loss(one_hot, one_hot, src) < 1e-6
+
+
+def test_topk_attention_backward_matches_autograd():
+    """The written-out backward against numerical differences (float64), with and without selection and loss,
+    and the loss's own shift: a [CLS] key 200 above the patch keys must not underflow them."""
+    torch.manual_seed(0)
+    src = torch.stack([torch.randperm(8) % 4 for _ in range(2)])
+    q, k, v = (torch.randn(2, 2, 9, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
+    for topk, same in [(3, same_image_of(src)), (None, same_image_of(src)), (3, None), (9, None)]:
+        def fn(q, k, v):
+            out, loss, _, _ = TopKAttention.apply(q, k, v, 0.5, topk, same)
+            return out.sum() * 0.3 + (loss if loss is not None else 0)
+        assert torch.autograd.gradcheck(fn, (q, k, v))
+    q, k, v = (torch.randn(2, 2, 9, 4) for _ in range(3))
+    q[..., 0], k[:, :, 0, 0] = 10.0, 100.0  # every query's [CLS] logit 500 above its patch logits
+    out, loss, probs, _ = TopKAttention.apply(q, k, v, 0.5, 3, same_image_of(src))
+    assert torch.isfinite(loss) and torch.isfinite(out).all()
+    torch.testing.assert_close(loss, attention_loss_reference([(0.5 * q @ k.transpose(-2, -1))[:, :, 1:]], src))
+
+
+def test_topk_attention_under_bf16_autocast_keeps_input_dtypes():
+    torch.manual_seed(0)
+    src = torch.stack([torch.randperm(8) % 4 for _ in range(2)])
+    q, k, v = (torch.randn(2, 2, 9, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out, loss, probs, _ = TopKAttention.apply(q, k, v, 0.5, 3, same_image_of(src))
+    (out.float().sum() + loss).backward()
+    assert probs.dtype == loss.dtype == torch.float32
+    assert all(t.grad.dtype == torch.bfloat16 and torch.isfinite(t.grad).all() for t in (q, k, v))
 
 
 def test_identical_projections_sit_at_the_features_collapse_value():
@@ -429,3 +470,5 @@ def test_recognition_warnings_flag_chance_and_collapse_only():
     assert recognition_warnings(features, refs["loss_hc_perfect"], [0.9, 0.8]) == []
     assert recognition_warnings(tiny("naive"), 9.9, None) == []
     assert len(recognition_warnings(tiny("mixedae"), 0.1, [chance])) == 1  # attention form: loss fine, TopK not
+    # K = every token (N + 1 = 17) keeps all keys: TopK accuracy is chance by construction, not a fault
+    assert recognition_warnings(tiny("mixedae", topk=17), 0.1, [chance]) == []
