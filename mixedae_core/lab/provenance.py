@@ -1,5 +1,6 @@
 """Where a number came from: code version, machine, time."""
 import datetime
+import os
 import platform
 import subprocess
 from pathlib import Path
@@ -12,8 +13,8 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with '+dirty' when tracked files outside results/ differ from it; 'unknown' outside
-    a checkout."""
+    """HEAD's short hash, with '+dirty' when tracked files outside results/ differ from it. Outside a checkout
+    (an exported copy of a commit): $MIXEDAE_COMMIT if set, else 'unknown'."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.strip()
@@ -22,7 +23,7 @@ def git_commit() -> str:
                                cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+        return os.environ.get("MIXEDAE_COMMIT", "unknown")
 
 
 def provenance(device: torch.device | str) -> dict:
