@@ -97,13 +97,13 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default=str(REPO / "results" / "tables" / "bench.csv"))
-    ap.add_argument("--steps", type=int, default=None, help="timed steps per model (default: 20 CUDA, 8 CPU)")
+    ap.add_argument("--steps", type=int, default=20, help="timed steps per model")
     ap.add_argument("--compile", action="store_true", help="torch.compile every model (CUDA)")
     ap.add_argument("--skip-vit-b", action="store_true")
     args = ap.parse_args()
     device = torch.device(args.device)
     cuda = device.type == "cuda"
-    steps = args.steps or (20 if cuda else 8)
+    steps = args.steps
     warmup = 5 if cuda else 1
     preset = "gpu" if cuda else "cpu"
     base = make_config(preset, device=device.type)

@@ -216,8 +216,8 @@ class TopKAttention(torch.autograd.Function):
     One function with a written-out backward because at the widths where attention is a large share of the
     step, autograd's chain (masked fill, softmax, a second exp for the loss, their backwards) made MixedAE's
     step markedly slower than MAE's. The selection is discrete: no gradient flows through it.
-    q, k, v [B, H, T, Dh]; same_image [B, 1, T-1, T-1] bool, True where two patches share a source image.
-    Returns (out [B, H, T, Dh], loss or None, probabilities, dropped keys [B, H, T, T] or None).
+    q, k, v [B, H, T, Dh]; same_image [B, 1, T-1, T-1], 1.0 where two patches share a source image, else 0.
+    Returns (out [B, H, T, Dh], loss or None, probabilities, keep bias [B, H, T, T]: 0 kept, -inf dropped, or None).
     """
 
     @staticmethod
@@ -229,27 +229,28 @@ class TopKAttention(torch.autograd.Function):
         patch_exp = loss = other_mass = own_mass = None
         if same_image is not None:
             patch = logits[:, :, 1:, 1:]  # its own shift: a dominant [CLS] key must not underflow the patches
-            patch_exp = torch.exp(patch - patch.amax(-1, keepdim=True))
+            patch_exp = (patch - patch.amax(-1, keepdim=True)).exp_()
             patch_exp.diagonal(dim1=-2, dim2=-1).zero_()  # attending to itself earns nothing
             other_mass, own_mass = patch_exp.sum(-1), (patch_exp * same_image).sum(-1)
             loss = (other_mass.log() - own_mass.log()).mean()
-        dropped = None
+        keep_bias = None
         if topk is not None and topk < T:
             kept = logits[:, :, 1:].topk(topk, dim=-1, sorted=False).indices
-            dropped = torch.ones_like(logits, dtype=torch.bool)
-            dropped[:, :, 0] = False
-            dropped[:, :, 1:].scatter_(-1, kept, False)
-            logits.masked_fill_(dropped, float("-inf"))
+            # 0 on kept keys, -inf on dropped ones: adding it is far cheaper on CPUs than a boolean masked_fill
+            keep_bias = torch.full_like(logits, float("-inf"))
+            keep_bias[:, :, 0] = 0.0
+            keep_bias[:, :, 1:].scatter_(-1, kept, 0.0)
+            logits += keep_bias
         probs = torch.softmax(logits, dim=-1)
         out = torch.matmul(probs.to(v.dtype), v)
         ctx.save_for_backward(q, k, v, probs, patch_exp, other_mass, own_mass, same_image)
         ctx.scale = scale
         ctx.mark_non_differentiable(probs)
-        return out, loss, probs, dropped
+        return out, loss, probs, keep_bias
 
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
-    def backward(ctx, d_out, d_loss, _d_probs, _d_dropped):
+    def backward(ctx, d_out, d_loss, _d_probs, _d_keep_bias):
         q, k, v, probs, patch_exp, other_mass, own_mass, same_image = ctx.saved_tensors
         d_probs = torch.matmul(d_out, v.transpose(-2, -1)).to(probs.dtype)
         dv = torch.matmul(probs.transpose(-2, -1).to(d_out.dtype), d_out)
@@ -288,11 +289,11 @@ class HomologousAttention(Attention):
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        x, loss_hc, probs, dropped = TopKAttention.apply(q, k, v, self.scale, topk, same_image)
+        x, loss_hc, probs, keep_bias = TopKAttention.apply(q, k, v, self.scale, topk, same_image)
         x = self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(B, T, self.attn_dim))))
         if not return_attention and same_image is None:
             return x
-        selection = None if dropped is None or not return_attention else ~dropped[:, :, 1:]
+        selection = None if keep_bias is None or not return_attention else keep_bias[:, :, 1:] == 0
         return AttentionOut(x, probs if return_attention else None, selection, loss_hc)
 
 
@@ -506,9 +507,9 @@ class MixedAutoencoderViT(nn.Module):
         mixed, src, seq_of_image = mix_tokens(x, sets, c.mix_mode)
         seg = c.resolved_seg_embed
         if seg == "encoder":
-            mixed = mixed + self.seg_embed[src]
+            mixed = mixed + F.embedding(src, self.seg_embed)  # its backward is cheaper than indexing's
         attention_loss = c.method == "mixedae" and c.hc_form == "attention" and c.hc_weight > 0
-        same_image = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1) if attention_loss else None
+        same_image = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1).float() if attention_loss else None
         latent, extras = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1), c.resolved_topk,
                                      need_attention, same_image)
 

@@ -365,7 +365,7 @@ def attention_loss_reference(logits, src):
 
 
 def same_image_of(src):
-    return (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1)
+    return (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1).float()
 
 
 def attention_loss(q, k, src, topk=None):
