@@ -5,8 +5,8 @@
 1. The preset model of the device (`gpu` preset on CUDA, `cpu` preset on a CPU) at its preset batch: one
    full training step (forward, backward, AdamW; bf16 autocast on CUDA; data already on the device) of
    MAE, naive mixing, MixedAE compose and full, alternated step by step so that drift hits all alike.
-   img/s, median step time, ratio to MAE, peak memory (CUDA: max allocated; CPU: peak RSS of a process
-   that runs one step of that method alone).
+   img/s, median step time, ratio to MAE (the median over rounds of the two steps' ratio), peak memory
+   (CUDA: max allocated; CPU: peak RSS of a process that runs one step of that method alone).
 2. ViT-B/16 at 224 px (the paper's model), MAE and MixedAE: FLOPs of one step counted by torch's
    FlopCounterMode (forward + backward, as executed), divided by the median step time, over the
    device's dense bf16 peak (known GPUs only; none for CPUs): the model FLOP utilisation.
@@ -16,6 +16,7 @@ Rows replace those of the same device in the CSV; every row carries its provenan
 import argparse
 import dataclasses
 import re
+import statistics
 import sys
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing import get_context
@@ -29,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixedae_core.config import make_config
 from mixedae_core.lab.provenance import REPO, provenance
 from mixedae_core.lab.reproduce import write_readme
-from mixedae_core.lab.timing import TimedStep, alternated_step_times
+from mixedae_core.lab.timing import TimedStep, alternated_rounds, paired_ratio
 
 VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
             "mixedae_full": dict(method="mixedae", mix_mode="full")}
@@ -114,15 +115,16 @@ def main():
 
     configs = {name: dataclasses.replace(base, **v) for name, v in VARIANTS.items()}
     stepper = {name: TimedStep(c, batch, device, args.compile) for name, c in configs.items()}
-    medians = alternated_step_times(stepper, steps, warmup)
+    rounds = alternated_rounds(stepper, steps, warmup)
+    medians = {name: statistics.median(ts) for name, ts in rounds.items()}
     for name, c in configs.items():
         memory, memory_kind = peak_memory_mib(c, batch, device, stepper[name])
         rows.append({"benchmark": f"{preset} preset model", "variant": name, "batch": batch, "steps": steps,
                      "img_per_s": batch / medians[name], "step_ms": 1e3 * medians[name],
-                     "ratio_to_mae": medians[name] / medians["mae"], "peak_memory_mib": memory,
+                     "ratio_to_mae": paired_ratio(rounds, name, "mae"), "peak_memory_mib": memory,
                      "memory_kind": memory_kind})
         print(f"{preset} model {name:13s} {batch / medians[name]:9.0f} img/s  {1e3 * medians[name]:8.1f} ms  "
-              f"{medians[name] / medians['mae']:.2f}x MAE  peak {memory:8.0f} MiB ({memory_kind})", flush=True)
+              f"{paired_ratio(rounds, name, 'mae'):.2f}x MAE  peak {memory:8.0f} MiB ({memory_kind})", flush=True)
     del stepper
 
     if not args.skip_vit_b:
@@ -130,14 +132,15 @@ def main():
         vit_configs = {name: make_config("imagenet", device=device.type, **VARIANTS[name], **VIT_B)
                        for name in ("mae", "mixedae")}
         vit = {name: TimedStep(c, vit_batch, device, args.compile) for name, c in vit_configs.items()}
-        medians = alternated_step_times(vit, vit_steps, 2 if cuda else 1)
+        rounds = alternated_rounds(vit, vit_steps, 2 if cuda else 1)
+        medians = {name: statistics.median(ts) for name, ts in rounds.items()}
         peak = peak_flops(device)
         for name, step in vit.items():
             flops = count_flops(step if not args.compile else TimedStep(vit_configs[name], vit_batch, device))
             achieved = flops / medians[name]
             rows.append({"benchmark": "ViT-B/16 224 px", "variant": name, "batch": vit_batch, "steps": vit_steps,
                          "img_per_s": vit_batch / medians[name], "step_ms": 1e3 * medians[name],
-                         "ratio_to_mae": medians[name] / medians["mae"], "tflop_per_step": flops / 1e12,
+                         "ratio_to_mae": paired_ratio(rounds, name, "mae"), "tflop_per_step": flops / 1e12,
                          "achieved_tflops": achieved / 1e12, "peak_tflops": peak / 1e12 if peak else None,
                          "mfu": achieved / peak if peak else None})
             print(f"ViT-B/16 {name:8s} {vit_batch / medians[name]:8.1f} img/s  {flops / 1e12:.2f} TFLOP/step  "

@@ -226,12 +226,13 @@ class TopKAttention(torch.autograd.Function):
         T = q.shape[-2]
         logits = torch.matmul(q, k.transpose(-2, -1))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).mul_(scale)  # fp32 under autocast
-        patch_exp = loss = other_mass = own_mass = None
+        patch_exp = own_exp = loss = other_mass = own_mass = None
         if same_image is not None:
             patch = logits[:, :, 1:, 1:]  # its own shift: a dominant [CLS] key must not underflow the patches
             patch_exp = (patch - patch.amax(-1, keepdim=True)).exp_()
             patch_exp.diagonal(dim1=-2, dim2=-1).zero_()  # attending to itself earns nothing
-            other_mass, own_mass = patch_exp.sum(-1), (patch_exp * same_image).sum(-1)
+            own_exp = patch_exp * same_image
+            other_mass, own_mass = patch_exp.sum(-1), own_exp.sum(-1)
             loss = (other_mass.log() - own_mass.log()).mean()
         keep_bias = None
         if topk is not None and topk < T:
@@ -243,7 +244,7 @@ class TopKAttention(torch.autograd.Function):
             logits += keep_bias
         probs = torch.softmax(logits, dim=-1)
         out = torch.matmul(probs.to(v.dtype), v)
-        ctx.save_for_backward(q, k, v, probs, patch_exp, other_mass, own_mass, same_image)
+        ctx.save_for_backward(q, k, v, probs, patch_exp, own_exp, other_mass, own_mass)
         ctx.scale = scale
         ctx.mark_non_differentiable(probs)
         return out, loss, probs, keep_bias
@@ -251,15 +252,16 @@ class TopKAttention(torch.autograd.Function):
     @staticmethod
     @torch.amp.custom_bwd(device_type="cuda")
     def backward(ctx, d_out, d_loss, _d_probs, _d_keep_bias):
-        q, k, v, probs, patch_exp, other_mass, own_mass, same_image = ctx.saved_tensors
+        q, k, v, probs, patch_exp, own_exp, other_mass, own_mass = ctx.saved_tensors
         d_probs = torch.matmul(d_out, v.transpose(-2, -1)).to(probs.dtype)
         dv = torch.matmul(probs.transpose(-2, -1).to(d_out.dtype), d_out)
         d_logits = torch._softmax_backward_data(d_probs, probs, -1, probs.dtype)
         if patch_exp is not None and d_loss is not None:
             # d/dl_ij of log(other_mass_i) - log(own_mass_i) = e_ij / other_mass_i - [j own] e_ij / own_mass_i
             c = d_loss / other_mass.numel()
-            coef = (c / other_mass).unsqueeze(-1) - same_image * (c / own_mass).unsqueeze(-1)
-            d_logits[:, :, 1:, 1:].addcmul_(patch_exp, coef)
+            d_patch = d_logits[:, :, 1:, 1:]
+            d_patch.addcmul_(patch_exp, (c / other_mass).unsqueeze(-1))
+            d_patch.addcmul_(own_exp, (-c / own_mass).unsqueeze(-1))
         d_logits = d_logits.mul_(ctx.scale).to(q.dtype)
         dq = torch.matmul(d_logits, k)
         dk = torch.matmul(d_logits.transpose(-2, -1), q)

@@ -37,12 +37,23 @@ class TimedStep:
         return time.perf_counter() - t0
 
 
-def alternated_step_times(steps: dict, n: int, warmup: int = 1) -> dict:
-    """{name: median seconds per step} of TimedSteps, run in turn for warmup + n rounds."""
+def alternated_rounds(steps: dict, n: int, warmup: int = 1) -> dict[str, list[float]]:
+    """{name: seconds of each timed round} of TimedSteps, run in turn for warmup + n rounds."""
     times = {name: [] for name in steps}
     for i in range(warmup + n):
         for name, step in steps.items():
             t = step.timed()
             if i >= warmup:
                 times[name].append(t)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def alternated_step_times(steps: dict, n: int, warmup: int = 1) -> dict:
+    """{name: median seconds per step} of TimedSteps, run in turn for warmup + n rounds."""
+    return {name: statistics.median(ts) for name, ts in alternated_rounds(steps, n, warmup).items()}
+
+
+def paired_ratio(times: dict[str, list[float]], name: str, reference: str) -> float:
+    """Median over rounds of name's step time over reference's in the same round: drift that spans a round
+    (clocks, other load) cancels, which a ratio of medians leaves in."""
+    return statistics.median(a / b for a, b in zip(times[name], times[reference]))
