@@ -14,7 +14,8 @@ from tqdm.auto import tqdm
 from .config import Config, EvalConfig
 from .data import TensorDataset, epoch_order, load_dataset, normalize, random_resized_crop_flip
 from .mixing import draw_partition
-from .model import MixedAutoencoderViT, build_model, timm_encoder
+from .losses import normalize_patches, patchify, reconstruction_loss
+from .model import MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
 from .train import autocast, lr_schedule, make_optimizer
 
 
@@ -153,6 +154,54 @@ def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dat
     return torch.cat(scores).cpu()
 
 
+def map_object_iou(maps: torch.Tensor, images_uint8: torch.Tensor, patch_size: int, mass: float = 0.6) -> torch.Tensor:
+    """Per-image IoU between the region holding `mass` of each map [B, grid, grid] and the foreground patches."""
+    return iou(attention_region(maps, mass), foreground_patches(images_uint8, patch_size).to(maps.device))
+
+
+def prior_maps(images_uint8: torch.Tensor, patch_size: int) -> dict[str, torch.Tensor]:
+    """Maps that look at no model, to hold object IoUs against [B, grid, grid]: `uniform` (every patch alike),
+    `centre prior` (a Gaussian at the image centre, sigma a quarter of the side: what centred objects reward)
+    and `oracle` (the foreground itself: IoU 1 by construction)."""
+    B, grid = len(images_uint8), images_uint8.shape[-1] // patch_size
+    axis = torch.arange(grid, dtype=torch.float32) - (grid - 1) / 2
+    centre = torch.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * (grid / 4) ** 2))
+    return {"uniform": torch.ones(B, grid, grid), "centre prior": centre.expand(B, grid, grid),
+            "oracle": foreground_patches(images_uint8, patch_size).float()}
+
+
+def translated(images_uint8: torch.Tensor, canvas: int, generator: torch.Generator) -> torch.Tensor:
+    """Each image on a blank canvas x canvas at a uniformly random position, wrapping around the borders (an
+    object cut by one border continues at the opposite one): every canvas position is covered equally often,
+    so a centre prior gains nothing (the object-awareness variant it cannot win; without the wrap, pasted
+    objects still cluster around the centre)."""
+    B, C, H, W = images_uint8.shape
+    if canvas < max(H, W):
+        raise ValueError(f"canvas {canvas} is smaller than the images ({H} x {W})")
+    out = torch.zeros(B, C, canvas, canvas, dtype=images_uint8.dtype, device=images_uint8.device)
+    out[:, :, :H, :W] = images_uint8
+    shifts = torch.randint(0, canvas, (B, 2), generator=generator).tolist()
+    return torch.stack([torch.roll(out[b], tuple(shifts[b]), dims=(1, 2)) for b in range(B)])
+
+
+def at_image_size(model: MixedAutoencoderViT, img_size: int) -> MixedAutoencoderViT:
+    """The model's encoder for img_size x img_size inputs: the same weights, the position embedding
+    resampled to the new grid as timm resamples a ViT's (bicubic, [CLS] row kept)."""
+    from timm.layers import resample_abs_pos_embed
+    c = model.config
+    model_fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(ModelConfig)}
+    resized = build_model(ModelConfig(**{**model_fields, "img_size": img_size})).to(next(model.parameters()).device)
+    grid = img_size // c.patch_size
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith(("pos_embed", "decoder_pos_embed"))}
+    resized.load_state_dict(state, strict=False)
+    old = c.img_size // c.patch_size
+    with torch.no_grad():
+        for name in ("pos_embed", "decoder_pos_embed"):
+            getattr(resized, name).copy_(resample_abs_pos_embed(getattr(model, name), (grid, grid), (old, old),
+                                                                num_prefix_tokens=1))
+    return resized.eval()
+
+
 # ------------------------------------------------------------------------------------------ the MI proxies
 @torch.no_grad()
 def shared_position_loss(model: MixedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
@@ -179,29 +228,87 @@ def shared_position_loss(model: MixedAutoencoderViT, imgs: torch.Tensor, partiti
 
 
 @torch.no_grad()
-def cross_image_reliance(model: MixedAutoencoderViT, imgs: torch.Tensor, unrelated: torch.Tensor,
-                         partition_noise: torch.Tensor | None = None, group_size: int = 4,
-                         mix_mode: str = "compose") -> torch.Tensor:
-    """How much each image's reconstruction loss rises when the other images of its group are swapped
-    for unrelated images, with the same partition (docs/METHOD.md, the MI argument). Every method hides the
-    same positions (`shared_position_loss`), so MAE is measured on the same pretext.
+def content_floor(model: MixedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
+                  group_size: int = 4, mix_mode: str = "compose") -> torch.Tensor:
+    """The loss a model scores without looking: its prediction from blank images (zeros after normalisation,
+    the dataset's mean colour) on the same hidden positions as `shared_position_loss`, against the real
+    images' targets. [B] per image. A model whose loss does not fall below this floor ignores its input."""
+    blank = shared_position_loss(model, torch.zeros_like(imgs), partition_noise, group_size, mix_mode)
+    target = patchify(imgs, model.config.patch_size)
+    if model.config.norm_pix_loss:
+        target = normalize_patches(target)
+    return reconstruction_loss(blank.pred.float(), target, blank.mask)[1]
 
-    imgs, unrelated [B, C, H, W]. Returns [B]: loss(swapped) - loss(original) for every image. Zero for
-    MAE by construction (one image per sequence); positive where the encoder uses the other images.
+
+# Layouts of a group around an anchor image in slot 0, from unrelated to fully dependent neighbours.
+DEPENDENCE_LAYOUTS = ("random", "class", "views", "same_image")
+
+
+def dependence_layouts(images: torch.Tensor, labels: torch.Tensor, m: int, group_size: int,
+                       generator: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Anchors and their G - 1 neighbours per layout, from normalised images [n, C, H, W] and labels:
+    unrelated and random (two disjoint random draws), class (other images of the anchor's class), views
+    (the anchor under G - 1 random resized crops and flips, MAE's augmentation) and same_image (the anchor
+    itself, so the group's union shows the whole image). Needs n >= m * (2G - 1)."""
+    k = group_size - 1
+    if len(images) < m * (1 + 2 * k):
+        raise ValueError(f"{m} anchors with G = {group_size} need {m * (1 + 2 * k)} images, got {len(images)}")
+    order = torch.randperm(len(images), generator=generator)
+    anchor_idx, pool = order[:m], order[m:]
+    anchors = images[anchor_idx]
+    shape = (m, k, *images.shape[1:])
+    neighbours = {"unrelated": images[pool[:m * k]].view(shape), "random": images[pool[m * k:2 * m * k]].view(shape)}
+    same_class = []
+    for i in anchor_idx.tolist():  # other images of the anchor's class, never an anchor
+        candidates = pool[labels[pool] == labels[i]]
+        if len(candidates) < k:
+            raise ValueError(f"class {int(labels[i])} has {len(candidates)} images besides the anchors; "
+                             f"the class layout needs {k} per anchor: use more images")
+        same_class.append(candidates[torch.randperm(len(candidates), generator=generator)[:k]])
+    neighbours["class"] = images[torch.stack(same_class)]
+    size = images.shape[-1]
+    crops = random_resized_crop_flip(anchors.repeat_interleave(k, 0), size, generator)
+    neighbours["views"] = crops.view(shape)
+    neighbours["same_image"] = anchors.unsqueeze(1).expand(shape).clone()
+    return anchors, neighbours
+
+
+@torch.no_grad()
+def dependence_scores(model: MixedAutoencoderViT, anchors: torch.Tensor, neighbours: dict[str, torch.Tensor],
+                      partition_noise: torch.Tensor, group_size: int = 4, mix_mode: str = "compose") -> dict:
+    """The mutual-information dose-response (docs/METHOD.md, section 7): each anchor image sits in slot 0 of a
+    group whose other G - 1 slots hold its neighbours of one layout; the anchor's hidden positions are the
+    same in every layout, so only the neighbours change.
+
+    anchors [m, C, H, W]; neighbours {layout: [m, G - 1, C, H, W]}, with 'unrelated' (the reference) and
+    any of DEPENDENCE_LAYOUTS. Per layout: `loss` (the anchors' mean loss), `reliance` (loss - the loss
+    with unrelated neighbours: negative where the neighbours help); the anchors' content floor `floor`; and,
+    from 'random' against 'unrelated' (two draws of one distribution, so a signed reliance is zero in
+    expectation), the `sensitivity` that cannot cancel: mean |loss change| and `pred_change`, the relative
+    change of the anchors' predictions on their hidden positions. MAE's anchors see no neighbour: zero.
     """
     G = group_size
-    if unrelated.shape != imgs.shape:
-        raise ValueError(f"unrelated images must have the batch's shape {tuple(imgs.shape)}, got {tuple(unrelated.shape)}")
-    if partition_noise is None:  # one partition for every pass, so only the neighbours change
-        partition_noise = torch.rand(imgs.shape[0] // G, model.config.num_patches, device=imgs.device)
-    base = shared_position_loss(model, imgs, partition_noise, G, mix_mode).loss_per_image
-    rise = torch.empty_like(base)
-    for slot in range(G):  # keep the images of one slot, replace every other slot's
-        swapped = unrelated.clone()
-        swapped[slot::G] = imgs[slot::G]
-        rise[slot::G] = (shared_position_loss(model, swapped, partition_noise, G, mix_mode).loss_per_image[slot::G]
-                         - base[slot::G])
-    return rise
+    m = len(anchors)
+
+    def grouped(layout):
+        return torch.cat([anchors.unsqueeze(1), neighbours[layout]], 1).flatten(0, 1)  # anchor at slot 0
+
+    def anchor_out(layout):
+        out = shared_position_loss(model, grouped(layout), partition_noise, G, mix_mode)
+        return out.loss_per_image[0::G], out.pred[0::G].float(), out.mask[0::G]
+
+    ref_loss, ref_pred, mask = anchor_out("unrelated")
+    scores = {"floor": content_floor(model, grouped("unrelated"), partition_noise, G, mix_mode)[0::G].mean().item()}
+    for layout in (l for l in DEPENDENCE_LAYOUTS if l in neighbours):
+        loss, pred, _ = anchor_out(layout)
+        scores[f"loss_{layout}"] = loss.mean().item()
+        scores[f"reliance_{layout}"] = (loss - ref_loss).mean().item()
+        if layout == "random":
+            hidden = mask.unsqueeze(-1)
+            scores["sensitivity"] = (loss - ref_loss).abs().mean().item()
+            scores["pred_change"] = ((pred - ref_pred) * hidden).norm().item() / max((ref_pred * hidden).norm().item(), 1e-12)
+    scores["anchors"] = m
+    return scores
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
@@ -264,39 +371,59 @@ def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, p
     tr = extract_features(model, train.images, train.name, ec.batch_size, progress)
     te = extract_features(model, test.images, test.name, ec.batch_size, progress)
     scores = frozen_scores(tr, train_y, te, test_y, ec, train.num_classes)
-    object_iou = None
+    awareness = {"object_iou": None, "object_iou_translated": None}
     if train.name in OBJECT_MASK_DATASETS:
-        object_iou = object_awareness(model, test.images, test.name, ec.attention_layer, ec.attention_mass,
-                                      ec.batch_size).mean().item()
+        shifted = translated_test_images(test.images, config)
+        awareness = {
+            "object_iou": object_awareness(model, test.images, test.name, ec.attention_layer, ec.attention_mass,
+                                           ec.batch_size).mean().item(),
+            "object_iou_translated": object_awareness(at_image_size(model, shifted.shape[-1]), shifted, test.name,
+                                                      ec.attention_layer, ec.attention_mass, ec.batch_size).mean().item()}
     extra = pretext_scores(model, config, test, ec.pretext_images) if pretext else {}
-    return {**scores, "object_iou": object_iou, **extra, "train_images": len(train), "test_images": len(test)}
+    return {**scores, **awareness, **extra, "train_images": len(train), "test_images": len(test)}
+
+
+def translated_test_images(images_uint8: torch.Tensor, config: ModelConfig) -> torch.Tensor:
+    """The test images at fixed random positions of a canvas 1.5 x their side (rounded up to an even number of
+    patches, so that the grid splits among G = 2 or 4 images), the same for every run."""
+    step = 2 * config.patch_size
+    canvas = -(-(config.img_size * 3 // 2) // step) * step
+    return translated(images_uint8, canvas, torch.Generator().manual_seed(4))
 
 
 @torch.no_grad()
 def pretext_scores(model: MixedAutoencoderViT, config: Config, test: TensorDataset, n_images: int) -> dict:
-    """The pretext measurements of the MI argument, on fixed test images (the same for every run):
-    the reconstruction loss when every method hides the same positions, and the cross-image reliance,
-    each with the images laid out as random groups and as same-class groups of G.
-    Keys: shared_loss_random, shared_loss_class, reliance_random, reliance_class."""
+    """The pretext measurements of the MI argument, on fixed test images (the same for every run).
+
+    shared_loss_{random,class}: the reconstruction loss when every method hides the same positions, the
+    images laid out as random or same-class groups of G, each beside floor_{random,class}, the same model's
+    content-blind floor (`content_floor`). dose_*: the dose-response of `dependence_scores` over
+    DEPENDENCE_LAYOUTS (dose_loss_<layout>, dose_reliance_<layout>, dose_floor, dose_sensitivity,
+    dose_pred_change), with about n_images / G anchors."""
     device = next(model.parameters()).device
     G, N = config.mix_group_size, config.num_patches  # the mixing methods' G; MAE sees the same groups
-    n = min(n_images, len(test) // 2) // G * G
+    n = min(n_images, len(test)) // G * G
     if n == 0:
-        raise ValueError(f"pretext scores need at least 2 x G = {2 * G} test images, the test split has {len(test)}")
-    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:2 * n]
+        raise ValueError(f"pretext scores need at least G = {G} test images, the test split has {len(test)}")
+    pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:n]
     images = normalize(test.images[pick].to(device), test.name)
-    batch, unrelated, labels = images[:n], images[n:], test.labels[pick[:n]]
     noise = torch.rand(n // G, N, generator=torch.Generator().manual_seed(0)).to(device)
     layouts = {"random": torch.arange(n),
-               "class": epoch_order(labels, G, G, "class", torch.Generator().manual_seed(0))}
+               "class": epoch_order(test.labels[pick], G, G, "class", torch.Generator().manual_seed(0))}
     scores = {}
     for layout, order in layouts.items():
-        x = batch[order.to(device)]
+        x = images[order.to(device)]
         m = len(x) // G * G  # same-class groups can leave a few images out
-        x, u, nz = x[:m], unrelated[:m], noise[:m // G]
+        x, nz = x[:m], noise[:m // G]
         scores[f"shared_loss_{layout}"] = shared_position_loss(model, x, nz, G, config.mix_mode).loss_per_image.mean().item()
-        scores[f"reliance_{layout}"] = cross_image_reliance(model, x, u, nz, G, config.mix_mode).mean().item()
-    return scores
+        scores[f"floor_{layout}"] = content_floor(model, x, nz, G, config.mix_mode).mean().item()
+    anchors_n = min(n // G, len(test) // (2 * G - 1))
+    g = torch.Generator().manual_seed(2)
+    anchors, neighbours = dependence_layouts(normalize(test.images.to(device), test.name), test.labels.to(device),
+                                             anchors_n, G, g)
+    dose_noise = torch.rand(anchors_n, N, generator=torch.Generator().manual_seed(3)).to(device)
+    dose = dependence_scores(model, anchors, neighbours, dose_noise, G, config.mix_mode)
+    return {**scores, **{f"dose_{k}": v for k, v in dose.items() if k != "anchors"}}
 
 
 def mae_twin(config: Config) -> Config:
@@ -306,8 +433,9 @@ def mae_twin(config: Config) -> Config:
 
 
 def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
-    """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model:
-    {'random_init': scores, 'raw_pixels': scores}."""
+    """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model, and the
+    object IoU of maps that look at no model (where objects have masks): {'random_init': scores,
+    'raw_pixels': scores, 'uniform map': ..., 'centre prior map': ...}."""
     base = mae_twin(config)
     torch.manual_seed(config.seed)
     random_init = build_model(base).to(device)
@@ -317,4 +445,10 @@ def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = Fal
                            {"pixels": pixel_features(test.images.to(device), test.name)}, test.labels.to(device),
                            ec, train.num_classes)
     result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
+    if test.name in OBJECT_MASK_DATASETS:  # maps that look at no model: what a centred dataset gives for free
+        for name in ("uniform", "centre prior"):
+            result[f"{name} map"] = {
+                f"object_iou{suffix}": map_object_iou(prior_maps(images, base.patch_size)[name], images,
+                                                      base.patch_size, ec.attention_mass).mean().item()
+                for suffix, images in (("", test.images), ("_translated", translated_test_images(test.images, base)))}
     return result

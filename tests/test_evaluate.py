@@ -121,10 +121,12 @@ def test_evaluate_run_writes_and_caches_eval_json(smoke_run):
     for name in ("encoder", "random_init"):
         assert {"knn_cls", "knn_mean", "probe_cls", "probe_mean", "object_iou"} <= set(result["scores"][name])
     assert {"knn_pixels", "probe_pixels"} <= set(result["scores"]["raw_pixels"])
-    pretext = ("shared_loss_random", "shared_loss_class", "reliance_random", "reliance_class")
-    assert all(0 <= v <= 1 for s in result["scores"].values() for k, v in s.items()
+    pretext = {k for k in result["scores"]["encoder"] if k.startswith(("shared_loss_", "floor_", "dose_"))}
+    assert {"shared_loss_random", "floor_class", "dose_reliance_same_image", "dose_pred_change"} <= pretext
+    assert all(0 <= v <= 1 for s in result["scores"].values() for k, v in s.items()  # accuracies and IoUs
                if not k.endswith("_images") and k not in pretext)
-    assert set(pretext) <= set(result["scores"]["encoder"]) and not set(pretext) & set(result["scores"]["random_init"])
+    assert not pretext & set(result["scores"]["random_init"])
+    assert {"object_iou", "object_iou_translated"} <= set(result["scores"]["centre prior map"])
     assert result["scores"]["encoder"]["shared_loss_random"] > 0
     assert len(list((smoke_run.parent / "baselines").iterdir())) == 1  # shared by every run of these sizes
     stamp = (smoke_run / "eval.json").stat().st_mtime_ns
@@ -167,8 +169,9 @@ def test_pretext_scores_of_mae_show_no_reliance_on_other_images():
     test = load_dataset("synthetic", "test", config.img_size, config.in_chans, False, config.synthetic_size, 0)
     torch.manual_seed(0)
     scores = pretext_scores(build_model(config).eval(), config, test, 32)
-    assert scores["reliance_random"] == 0 and scores["reliance_class"] == 0
-    assert scores["shared_loss_random"] > 0 and scores["shared_loss_class"] > 0
+    assert all(scores[f"dose_reliance_{layout}"] == 0 for layout in ("random", "class", "views", "same_image"))
+    assert scores["dose_sensitivity"] == 0 and scores["dose_pred_change"] == 0
+    assert scores["shared_loss_random"] > 0 and scores["shared_loss_class"] > 0 and scores["floor_random"] > 0
     torch.manual_seed(0)
     naive = make_config("smoke", method="naive")
-    assert abs(pretext_scores(build_model(naive).eval(), naive, test, 32)["reliance_random"]) > 1e-4
+    assert pretext_scores(build_model(naive).eval(), naive, test, 32)["dose_pred_change"] > 1e-3

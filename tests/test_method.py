@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from timm.models.vision_transformer import Attention
 
 from mixedae_core import ModelConfig, build_model, encoder_state_dict
-from mixedae_core.evaluate import cross_image_reliance
 from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
 from mixedae_core.model import HomologousAttention, TopKAttention, topk_accuracy
@@ -292,16 +291,6 @@ def test_attention_maps_for_mixed_sequences_and_single_images():
     assert feats.shape == (3, 17, 32)
     with torch.no_grad():
         assert model(images(8)).attentions is None  # returned on request only, never kept on the modules
-
-
-def test_cross_image_reliance():
-    torch.manual_seed(0)
-    x, unrelated = images(8, seed=1), images(8, seed=2)
-    assert torch.equal(cross_image_reliance(build_model(tiny("mae")).eval(), x, unrelated), torch.zeros(8))
-    # no attention between tokens -> the neighbours cannot matter
-    identity = build_model(tiny("naive", depth=0)).eval()
-    assert cross_image_reliance(identity, x, unrelated).abs().max() < 1e-6
-    assert cross_image_reliance(build_model(tiny("naive")).eval(), x, unrelated).abs().max() > 1e-4
 
 
 # ---------------------------------------------------------------- configuration errors

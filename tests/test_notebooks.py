@@ -10,7 +10,7 @@ from mixedae_core.config import PRESETS, make_config
 from mixedae_core.lab.campaign import campaign_plan, run_campaign
 from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, k_values
 from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
-from mixedae_core.lab.suite import Suite, claim, mean_std, paired_test, verdict
+from mixedae_core.lab.suite import AT_FLOOR, Suite, adjusted, claim, headline, holm, mean_std, paired_test, verdict
 
 SEEDS = list(PRESETS["smoke"].seeds)
 
@@ -49,7 +49,7 @@ def test_campaign_then_every_notebook_at_smoke_and_tables_again_from_records_alo
 
     # committed records alone (no checkpoints) regenerate the tables of 01-04 without training anything
     before = {name: pd.read_csv(tables / f"{name}.csv", comment="#")
-              for name in ("01_transfer", "02_mi_proxies", "03_k_transfer", "04_compose_vs_full")}
+              for name in ("01_transfer", "02_dose_response", "03_k_transfer", "04_compose_vs_full")}
     fresh = tmp_path / "fresh-cache"
     run_notebooks("smoke", tmp_path, runs_root=str(fresh), only=["01", "02", "03", "04"], progress=False)
     assert run_dirs(fresh) == set()
@@ -105,6 +105,39 @@ def test_paired_test_matches_the_t_formula():
     from scipy.stats import t as student
     assert paired_test(a, b) == pytest.approx(2 * student.sf(abs(t), 3))
     assert math.isnan(paired_test([0.5], [0.4]))
+    # the same difference in every seed has no t statistic: decided explicitly, not left as "not significant"
+    assert paired_test([0.5, 0.6, 0.7], [0.4, 0.5, 0.6]) == 0.0
+    assert paired_test([0.5, 0.6, 0.7], [0.5, 0.6, 0.7]) == 1.0
+
+
+def test_holm_adjusts_by_rank_and_keeps_the_order():
+    # sorted 0.01, 0.03, 0.04 of m = 3 tests: 3 x 0.01, then max(0.03, 2 x 0.03), then max(0.06, 1 x 0.04)
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    adjusted_p = holm([0.5, float("nan"), 0.2])  # nan is no test: m = 2
+    assert adjusted_p[0] == pytest.approx(0.5) and math.isnan(adjusted_p[1]) and adjusted_p[2] == pytest.approx(0.4)
+    assert holm([0.9, 0.3]) == pytest.approx([0.9, 0.6])  # monotone: 2 x 0.3, then max(0.6, 0.9)
+    assert holm([0.9, 0.8]) == pytest.approx([1.0, 1.0])  # capped at 1
+
+
+def test_adjusted_verdicts_floor_and_headline_on_hand_made_claims():
+    seeds_a, seeds_b = [0.90, 0.80, 0.85], [0.70, 0.62, 0.64]
+    one = claim("x", seeds_a, seeds_b, +1, "A", "B")
+    assert one["verdict"].startswith("reproduces") and one["p_value"] < 0.05
+    # p = 0.02 alone reproduces; the smallest of three claims, Holm multiplies it by 3: 0.06, not significant
+    first = {**one, "p_value": 0.02, "verdict": verdict(one["difference"], 0.02, +1)}
+    rows = adjusted([first, {**one, "p_value": 0.2}, {**one, "p_value": 0.5}])
+    assert first["verdict"].startswith("reproduces")
+    assert rows[0]["p_adjusted"] == pytest.approx(0.06) and rows[0]["verdict"] == "paper's direction, not significant"
+    # a pretext difference of 0.02 with models only 0.001 below their floor is unreadable
+    assert claim("y", [0.50, 0.51, 0.52], [0.52, 0.53, 0.54], -1, "A", "B", scale=1, floor_gap=0.001)["verdict"] == AT_FLOOR
+    assert verdict(-0.02, 0.01, -1, floor_gap=0.05).startswith("reproduces")
+    cost = {"claim": "cost", "measured": "+8 %", "difference": 8.0, "p_value": float("nan"), "seeds": 1,
+            "verdict": "not comparable: another setting"}
+    assert adjusted([cost])[0]["verdict"] == "not comparable: another setting"  # no paper_sign: kept
+    assert headline(["paper's direction, not significant", AT_FLOOR]).startswith("**None of 2 claims is significant**")
+    text = headline(["reproduces (paper's direction, p < 0.05)", "contradicts (opposite direction, p < 0.05)",
+                     "opposite direction, not significant"])
+    assert text.startswith("**2 of 3 claims are significant**") and "1 in the paper's direction, 1 against" in text
 
 
 def test_verdicts_follow_sign_and_significance():
@@ -150,3 +183,12 @@ def test_campaign_stops_runs_at_its_budget_and_the_next_campaign_resumes_them(tm
     second = campaign()
     assert second["stopped"] and f"resuming {run_dir} at step {stopped_at} " in (runs / "logs" / f"{run_dir.name}.log").read_text()
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"] > stopped_at
+
+
+def test_final_losses_come_from_the_last_logged_window_not_the_epoch_mean():
+    from mixedae_core.lab.suite import final_losses
+    metrics = [{"kind": "step", "step": s, "loss_rec": float(s), "loss_hc": 0.0} for s in range(0, 101, 10)]
+    metrics.append({"kind": "epoch", "step": 100, "loss_rec": 50.0, "loss_hc": 0.0})  # the epoch mean: not it
+    assert final_losses(metrics) == {"loss_rec": 95.0, "loss_hc": 0.0}  # steps 90 and 100
+    assert final_losses(metrics[-2:-1]) == {"loss_rec": 100.0, "loss_hc": 0.0}
+    assert final_losses([]) == {}

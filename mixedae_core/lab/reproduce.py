@@ -16,6 +16,7 @@ import pandas as pd
 from ..config import PRESETS
 from .experiments import NOTEBOOKS
 from .provenance import REPO, git_commit
+from .suite import headline
 
 NOTEBOOK_DIR = REPO / "notebooks"
 
@@ -102,30 +103,29 @@ def _claims_section(out: Path, preset: str) -> list[str]:
     tables = sorted((out / "tables" / preset).glob("claims_*.csv"))
     if not tables:
         return []
-    lines = ["| notebook | claim | measured (mean ± std over seeds) | seeds | p (paired t) | verdict |",
-             "|---|---|---|---|---|---|"]
-    metas = []
+    lines = ["| notebook | claim | measured (mean ± std over seeds) | seeds | p (paired t) | p (Holm) | floor or baseline | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    metas, verdicts = [], []
     for path in tables:
         df, meta = _read_table(path)
         metas.append(meta)
         for _, row in df.iterrows():
-            p = "–" if pd.isna(row["p_value"]) else f"{row['p_value']:.3f}"
+            p, holm_p = ("–" if pd.isna(row.get(k)) else f"{row[k]:.3f}" for k in ("p_value", "p_adjusted"))
             lines.append(f"| {meta.get('notebook', path.stem)} | {row['claim']} | {row['measured']} | "
-                         f"{row['seeds']} | {p} | **{row['verdict']}** |")
+                         f"{row['seeds']} | {p} | {holm_p} | {'' if pd.isna(row.get('reference')) else row['reference']} | "
+                         f"**{row['verdict']}** |")
+            verdicts.append(row["verdict"])
     timings_path = out / "tables" / preset / "reproduce_log.json"
     timings = json.loads(timings_path.read_text()) if timings_path.exists() else {}
     devices = sorted({m.get("device", "?") for m in metas})
     commits = sorted({m.get("commit", "?") for m in metas})
     dates = sorted(m.get("date", "?") for m in metas)
     total = sum(timings.values())
-    against = sum("contradicts" in line or "opposite" in line for line in lines[2:])
     head = [f"## {PRESETS[preset].title}", "",
             f"Device: {', '.join(devices)}; commit: {', '.join(commits)}; notebooks run {dates[0]} to {dates[-1]}; "
             f"wall time of the notebooks: {total / 60:.1f} min "
             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).{_training_line(out, preset)}", ""]
-    if against:
-        head += [f"**{against} of {len(lines) - 2} measured differences go against the paper's direction** "
-                 "(see the verdict column; each notebook discusses its numbers).", ""]
+    head += [headline(verdicts) + " Each notebook discusses its numbers.", ""]
     return head + lines + [""]
 
 

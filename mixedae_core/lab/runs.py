@@ -20,7 +20,7 @@ from ..runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, load_model, run_fin
 from ..train import CODE_VERSION, resolve_device, train
 from .provenance import REPO, provenance, stamp
 
-EVAL_VERSION = "2"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
+EVAL_VERSION = "3"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
 # Fields that change how a run is logged or fetched, not what it computes: left out of the run key.
 NOT_IN_RUN_KEY = ("download", "workers", "log_every")
 RECORD_FILES = (CONFIG, METRICS, SUMMARY, "eval.json")  # eval.json last: it marks a whole record

@@ -15,14 +15,17 @@ import numpy as np
 import pandas as pd
 
 from ..config import PRESETS, Config, make_config
+from ..evaluate import DEPENDENCE_LAYOUTS
 from ..runfiles import load_model, read_metrics, run_finished
 from ..train import describe_device, resolve_device
 from .experiments import drawn_runs, notebook_runs
 from .provenance import REPO, provenance
 from .runs import ensure_run, evaluate_run, export_record, record_is_current, run_dir_for
 
-SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou",
-          "shared_loss_random", "shared_loss_class", "reliance_random", "reliance_class")
+SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou", "object_iou_translated",
+          "shared_loss_random", "floor_random", "shared_loss_class", "floor_class",
+          *(f"dose_{kind}_{layout}" for layout in DEPENDENCE_LAYOUTS for kind in ("loss", "reliance")),
+          "dose_floor", "dose_sensitivity", "dose_pred_change")
 
 
 @dataclass
@@ -104,7 +107,7 @@ class Suite:
         record = self.record(**overrides)
         result = json.loads((record / "eval.json").read_text())
         summary = json.loads((record / "summary.json").read_text())
-        final = summary["final"] or {}
+        final = final_losses(read_metrics(record))
         config = result["config"]
         return {"method": config["method"], "seed": config["seed"], **overrides,
                 **{k: result["scores"]["encoder"][k] for k in SCORES},
@@ -114,7 +117,8 @@ class Suite:
                 "warnings": "; ".join(summary.get("recognition", {}).get("warnings", []))}
 
     def baselines(self, **overrides) -> pd.DataFrame:
-        """Random-init encoder and raw-pixel scores of the preset's model and data, one row each."""
+        """Random-init encoder, raw-pixel and model-free map (uniform, centre prior) scores of the preset's
+        model and data, one row each."""
         scores = self.evaluation(**overrides)["scores"]
         return pd.DataFrame([{"baseline": name, **{k: v for k, v in s.items() if not k.endswith("_images")}}
                              for name, s in scores.items() if name != "encoder"])
@@ -167,8 +171,20 @@ class Suite:
         return path
 
     def save_claims(self, claims: list[dict]) -> Path:
-        """The notebook's verdicts on the paper's claims, for results/README.md's headline table."""
-        return self.save_table(pd.DataFrame(claims), f"claims_{self.notebook}")
+        """The notebook's verdicts on the paper's claims (Holm-adjusted across them), for results/README.md's
+        headline table."""
+        return self.save_table(pd.DataFrame(adjusted(claims)), f"claims_{self.notebook}")
+
+
+def final_losses(metrics: list[dict], share: float = 0.1) -> dict:
+    """The losses at the end of training: the mean of the logged steps in the last `share` of the steps
+    (at least the last logged step), not the epoch means, which include the warm-up."""
+    steps = [m for m in metrics if m["kind"] == "step"]
+    if not steps:
+        return {}
+    last = steps[-1]["step"]
+    window = [m for m in steps if m["step"] >= last * (1 - share)]
+    return {k: float(np.mean([m[k] for m in window])) for k in ("loss_rec", "loss_hc")}
 
 
 # -------------------------------------------------------------------- statistics and verdicts
@@ -180,16 +196,40 @@ def mean_std(values, scale=100.0, digits=1) -> str:
 
 
 def paired_test(a, b) -> float:
-    """Two-sided paired t-test p-value of a vs b over seeds (nan with fewer than 2 pairs or no spread)."""
+    """Two-sided paired t-test p-value of a vs b over seeds; nan with fewer than 2 pairs. Differences that are
+    the same in every seed (no spread, so no t statistic) are decided explicitly: p = 0 when that difference
+    is non-zero (the same sign and size in every seed), 1 when it is zero."""
     from scipy.stats import ttest_rel
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    if len(a) < 2 or np.allclose(a - b, (a - b)[0]):
+    d = a - b
+    if len(d) < 2:
         return float("nan")
+    if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):
+        return 0.0 if abs(d[0]) > 1e-12 else 1.0
     return float(ttest_rel(a, b).pvalue)
 
 
-def verdict(diff: float, p: float, paper_sign: int, alpha: float = 0.05) -> str:
-    """What a measured difference says about a claim whose direction is `paper_sign` (+1 / -1)."""
+def holm(p_values) -> list[float]:
+    """Holm-Bonferroni adjusted p-values (nan stays nan and does not count among the tests)."""
+    p = np.asarray(p_values, dtype=float)
+    tested = np.flatnonzero(~np.isnan(p))
+    adjusted = np.full(len(p), np.nan)
+    running = 0.0
+    for rank, i in enumerate(tested[np.argsort(p[tested], kind="stable")]):
+        running = max(running, min(1.0, (len(tested) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
+
+
+AT_FLOOR = "at floor: the models do not use their input yet"
+
+
+def verdict(diff: float, p: float, paper_sign: int, alpha: float = 0.05, floor_gap: float | None = None) -> str:
+    """What a measured difference says about a claim whose direction is `paper_sign` (+1 / -1). p is the
+    (adjusted) p-value. floor_gap: how far the models' pretext loss lies below their content-blind floor
+    (the smaller of the two); a pretext effect larger than that gap cannot be read."""
+    if floor_gap is not None and floor_gap < abs(diff):
+        return AT_FLOOR
     if diff == 0 or math.isnan(diff):
         return "no difference measured"
     agrees = np.sign(diff) == paper_sign
@@ -201,16 +241,49 @@ def verdict(diff: float, p: float, paper_sign: int, alpha: float = 0.05) -> str:
         "opposite direction, not significant"
 
 
-def claim(text: str, a, b, paper_sign: int, label_a: str, label_b: str, scale=100.0, unit="points") -> dict:
-    """One headline row: the paper says (a - b) has sign `paper_sign`; a and b are per-seed values."""
+def claim(text: str, a, b, paper_sign: int, label_a: str, label_b: str, scale=100.0, unit="points",
+          floor_gap: float | None = None, reference: str = "") -> dict:
+    """One headline row: the paper says (a - b) has sign `paper_sign`; a and b are per-seed values.
+    floor_gap (in a's units, before `scale`): see `verdict`. reference: the floor or baseline to read the
+    numbers against (floor_gap fills it when not given). The verdict is final once the notebook's claims
+    are adjusted together (`adjusted`)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     digits = 1 if scale >= 100 else 3
     diff = float((a - b).mean()) * scale
     p = paired_test(a, b) if len(a) == len(b) else float("nan")
+    gap = None if floor_gap is None else floor_gap * scale
     return {"claim": text,
             "measured": f"{label_a} {mean_std(a, scale, digits)} vs {label_b} {mean_std(b, scale, digits)} "
                         f"({diff:+.{digits + 1}f}{' ' + unit if unit else ''})",
-            "difference": diff, "p_value": p, "seeds": len(a), "verdict": verdict(diff, p, paper_sign)}
+            "difference": diff, "p_value": p, "seeds": len(a), "paper_sign": paper_sign, "floor_gap": gap,
+            "reference": reference or ("" if gap is None else f"models {gap:.{digits + 1}f} below their content floor"),
+            "verdict": verdict(diff, p, paper_sign, floor_gap=gap)}
+
+
+def adjusted(claims: list[dict]) -> list[dict]:
+    """A notebook's claims with Holm-adjusted p-values across them and the verdicts read from those. Rows
+    without a paper direction (a number reported outside the paper's setting) keep their own verdict."""
+    p_adjusted = holm([c["p_value"] if "paper_sign" in c else float("nan") for c in claims])
+    out = []
+    for c, p in zip(claims, p_adjusted):
+        c = {**c, "p_adjusted": p}
+        if "paper_sign" in c:
+            c["verdict"] = verdict(c["difference"], p, c["paper_sign"], floor_gap=c.get("floor_gap"))
+        out.append(c)
+    return out
+
+
+def headline(verdicts) -> str:
+    """One sentence over claims' verdicts that counts significant results only."""
+    verdicts = list(verdicts)
+    reproduces = sum(v.startswith("reproduces") for v in verdicts)
+    contradicts = sum(v.startswith("contradicts") for v in verdicts)
+    at_floor = sum(v == AT_FLOOR for v in verdicts)
+    floor = f"; {at_floor} at the content floor" if at_floor else ""
+    if not reproduces + contradicts:
+        return f"**None of {len(verdicts)} claims is significant** after Holm's correction within each notebook{floor}."
+    return (f"**{reproduces + contradicts} of {len(verdicts)} claims are significant** after Holm's correction within "
+            f"each notebook: {reproduces} in the paper's direction, {contradicts} against it{floor}.")
 
 
 # -------------------------------------------------------------------- notebook setup and conclusion
@@ -228,10 +301,16 @@ def recognition_notes(rows: pd.DataFrame) -> list[str]:
     return [f"- Run {r['run']} ({r['method']}, seed {r['seed']}): {r['warnings']}." for _, r in flagged.iterrows()]
 
 
+def _p_text(c: dict) -> str:
+    if math.isnan(c["p_value"]):
+        return ""
+    holm_p = c.get("p_adjusted", float("nan"))
+    return f", p = {c['p_value']:.3f}" + ("" if math.isnan(holm_p) else f" (Holm {holm_p:.3f})")
+
+
 def conclusion(claims: list[dict], *notes: str):
     """The notebook's closing text, computed from its numbers: one line per claim, then the notes."""
     from IPython.display import Markdown
     lines = ["### Conclusion (computed from the numbers above)", ""]
-    lines += [f"- {c['claim']}: {c['measured']}" + ("" if math.isnan(c["p_value"]) else f", p = {c['p_value']:.3f}")
-              + f": **{c['verdict']}**." for c in claims]
+    lines += [f"- {c['claim']}: {c['measured']}" + _p_text(c) + f": **{c['verdict']}**." for c in adjusted(claims)]
     return Markdown("\n".join(lines + ([""] + list(notes) if notes else [])))
