@@ -134,7 +134,8 @@ def test_adjusted_verdicts_floor_and_headline_on_hand_made_claims():
     cost = {"claim": "cost", "measured": "+8 %", "difference": 8.0, "p_value": float("nan"), "seeds": 1,
             "verdict": "not comparable: another setting"}
     assert adjusted([cost])[0]["verdict"] == "not comparable: another setting"  # no paper_sign: kept
-    assert headline(["paper's direction, not significant", AT_FLOOR]).startswith("**None of 2 claims is significant**")
+    assert headline(["paper's direction, not significant", AT_FLOOR, cost["verdict"].replace("not comparable", "reported")]
+                    ).startswith("**None of 2 claims is significant**")
     text = headline(["reproduces (paper's direction, p < 0.05)", "contradicts (opposite direction, p < 0.05)",
                      "opposite direction, not significant"])
     assert text.startswith("**2 of 3 claims are significant**") and "1 in the paper's direction, 1 against" in text

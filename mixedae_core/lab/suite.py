@@ -274,8 +274,9 @@ def adjusted(claims: list[dict]) -> list[dict]:
 
 
 def headline(verdicts) -> str:
-    """One sentence over claims' verdicts that counts significant results only."""
-    verdicts = list(verdicts)
+    """One sentence over claims' verdicts that counts significant results only (numbers reported without a
+    verdict do not count as claims)."""
+    verdicts = [v for v in verdicts if not v.startswith("reported")]
     reproduces = sum(v.startswith("reproduces") for v in verdicts)
     contradicts = sum(v.startswith("contradicts") for v in verdicts)
     at_floor = sum(v == AT_FLOOR for v in verdicts)
