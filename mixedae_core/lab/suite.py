@@ -188,11 +188,16 @@ def final_losses(metrics: list[dict], share: float = 0.1) -> dict:
 
 
 # -------------------------------------------------------------------- statistics and verdicts
-def mean_std(values, scale=100.0, digits=1) -> str:
+def _number(x: float, digits: int | None) -> str:
+    return f"{x:.{digits}f}" if digits is not None else f"{x:.3g}"
+
+
+def mean_std(values, scale=100.0, digits: int | None = 1) -> str:
+    """'mean ± std' over seeds; digits None: three significant digits, for values of any magnitude."""
     v = np.asarray(values, dtype=float) * scale
     if len(v) < 2:
-        return f"{v.mean():.{digits}f}"
-    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+        return _number(v.mean(), digits)
+    return f"{_number(v.mean(), digits)} ± {_number(v.std(ddof=1), digits)}"
 
 
 def paired_test(a, b) -> float:
@@ -248,15 +253,16 @@ def claim(text: str, a, b, paper_sign: int, label_a: str, label_b: str, scale=10
     numbers against (floor_gap fills it when not given). The verdict is final once the notebook's claims
     are adjusted together (`adjusted`)."""
     a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    digits = 1 if scale >= 100 else 3
+    digits = 1 if scale >= 100 else None  # percentages to 0.1; losses and rates to three significant digits
     diff = float((a - b).mean()) * scale
     p = paired_test(a, b) if len(a) == len(b) else float("nan")
     gap = None if floor_gap is None else floor_gap * scale
     return {"claim": text,
             "measured": f"{label_a} {mean_std(a, scale, digits)} vs {label_b} {mean_std(b, scale, digits)} "
-                        f"({diff:+.{digits + 1}f}{' ' + unit if unit else ''})",
+                        f"({'+' if diff >= 0 else ''}{_number(diff, None if digits is None else digits + 1)}"
+                        f"{' ' + unit if unit else ''})",
             "difference": diff, "p_value": p, "seeds": len(a), "paper_sign": paper_sign, "floor_gap": gap,
-            "reference": reference or ("" if gap is None else f"models {gap:.{digits + 1}f} below their content floor"),
+            "reference": reference or ("" if gap is None else f"models {gap:.3g} below their content floor"),
             "verdict": verdict(diff, p, paper_sign, floor_gap=gap)}
 
 
