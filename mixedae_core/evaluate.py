@@ -150,7 +150,7 @@ def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dat
     for start in range(0, len(images_uint8), batch_size):
         raw = images_uint8[start:start + batch_size].to(device)
         attn = attention_map(model, normalize(raw, dataset), layer).mean(1)
-        scores.append(iou(attention_region(attn, mass), foreground_patches(raw, model.config.patch_size)))
+        scores.append(map_object_iou(attn, raw, model.config.patch_size, mass))
     return torch.cat(scores).cpu()
 
 
@@ -288,7 +288,6 @@ def dependence_scores(model: MixedAutoencoderViT, anchors: torch.Tensor, neighbo
     change of the anchors' predictions on their hidden positions. MAE's anchors see no neighbour: zero.
     """
     G = group_size
-    m = len(anchors)
 
     def grouped(layout):
         return torch.cat([anchors.unsqueeze(1), neighbours[layout]], 1).flatten(0, 1)  # anchor at slot 0
@@ -307,7 +306,6 @@ def dependence_scores(model: MixedAutoencoderViT, anchors: torch.Tensor, neighbo
             hidden = mask.unsqueeze(-1)
             scores["sensitivity"] = (loss - ref_loss).abs().mean().item()
             scores["pred_change"] = ((pred - ref_pred) * hidden).norm().item() / max((ref_pred * hidden).norm().item(), 1e-12)
-    scores["anchors"] = m
     return scores
 
 
@@ -423,7 +421,7 @@ def pretext_scores(model: MixedAutoencoderViT, config: Config, test: TensorDatas
                                              anchors_n, G, g)
     dose_noise = torch.rand(anchors_n, N, generator=torch.Generator().manual_seed(3)).to(device)
     dose = dependence_scores(model, anchors, neighbours, dose_noise, G, config.mix_mode)
-    return {**scores, **{f"dose_{k}": v for k, v in dose.items() if k != "anchors"}}
+    return {**scores, **{f"dose_{k}": v for k, v in dose.items()}}
 
 
 def mae_twin(config: Config) -> Config:
@@ -446,9 +444,11 @@ def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = Fal
                            ec, train.num_classes)
     result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
     if test.name in OBJECT_MASK_DATASETS:  # maps that look at no model: what a centred dataset gives for free
+        variants = {"": test.images, "_translated": translated_test_images(test.images, base)}
+        maps = {suffix: prior_maps(images, base.patch_size) for suffix, images in variants.items()}
         for name in ("uniform", "centre prior"):
             result[f"{name} map"] = {
-                f"object_iou{suffix}": map_object_iou(prior_maps(images, base.patch_size)[name], images,
-                                                      base.patch_size, ec.attention_mass).mean().item()
-                for suffix, images in (("", test.images), ("_translated", translated_test_images(test.images, base)))}
+                f"object_iou{suffix}": map_object_iou(maps[suffix][name], images, base.patch_size,
+                                                      ec.attention_mass).mean().item()
+                for suffix, images in variants.items()}
     return result
