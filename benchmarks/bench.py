@@ -30,7 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from mixedae_core.config import make_config
 from mixedae_core.lab.provenance import REPO, provenance
 from mixedae_core.lab.reproduce import write_readme
-from mixedae_core.lab.timing import TimedStep, alternated_rounds, paired_ratio
+from mixedae_core.lab.timing import TimedStep, alternated_rounds, bench_key, paired_ratio
 
 VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
             "mixedae_full": dict(method="mixedae", mix_mode="full")}
@@ -119,7 +119,8 @@ def main():
     medians = {name: statistics.median(ts) for name, ts in rounds.items()}
     for name, c in configs.items():
         memory, memory_kind = peak_memory_mib(c, batch, device, stepper[name])
-        rows.append({"benchmark": f"{preset} preset model", "variant": name, "batch": batch, "steps": steps,
+        rows.append({"benchmark": f"{preset} preset model", "model_key": bench_key(base), "variant": name,
+                     "batch": batch, "steps": steps,
                      "img_per_s": batch / medians[name], "step_ms": 1e3 * medians[name],
                      "ratio_to_mae": paired_ratio(rounds, name, "mae"), "peak_memory_mib": memory,
                      "memory_kind": memory_kind})

@@ -8,7 +8,8 @@ import pytest
 
 from mixedae_core.config import PRESETS, make_config
 from mixedae_core.lab.campaign import campaign_plan, run_campaign
-from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, k_values
+from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
+from mixedae_core.lab.timing import bench_key
 from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
 from mixedae_core.lab.suite import AT_FLOOR, Suite, adjusted, claim, headline, holm, mean_std, paired_test, verdict
 
@@ -89,6 +90,25 @@ def test_planned_runs_cover_every_method_seed_and_the_ablations():
     assert len(plan) == len({tuple(sorted(o.items())) for o in plan})
 
 
+def test_equal_compute_divides_by_the_newest_bench_ratio_of_the_same_model(tmp_path):
+    config = make_config("smoke", method="mixedae")  # 16 planned steps
+    other = make_config("smoke", method="mixedae", embed_dim=64)
+    csv = tmp_path / "bench.csv"
+
+    def rows(model, date, compose_ms, full_ms):
+        return [{"model_key": bench_key(model), "variant": v, "step_ms": ms, "date": date, "device": "CPU x",
+                 "commit": "abc"} for v, ms in (("mae", 1.0), ("mixedae", compose_ms), ("mixedae_full", full_ms))]
+
+    assert equal_compute(config, csv)[0] == 16 // 4  # no bench file: 1/G
+    pd.DataFrame(rows(other, "2026-02-01", 10.0, 20.0)).to_csv(csv, index=False)
+    steps, basis = equal_compute(config, csv)
+    assert steps == 16 // 4 and "no `make bench` row" in basis  # another model's ratio is not used
+    pd.DataFrame(rows(other, "2026-02-01", 10.0, 20.0) + rows(config, "2026-01-01", 10.0, 80.0)
+                 + rows(config, "2026-03-01", 10.0, 32.0)).to_csv(csv, index=False)
+    steps, basis = equal_compute(config, csv)
+    assert steps == 5 and "3.20x" in basis and "2026-03-01" in basis  # 16 / 3.2, the newest rows
+
+
 def test_unknown_notebook_parameter_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="has no parameter"):
         run_notebooks("smoke", tmp_path, only=["00"], extra={"sedes": [0]}, progress=False)
@@ -149,6 +169,9 @@ def test_verdicts_follow_sign_and_significance():
     row = claim("x", [0.9, 0.8, 0.85], [0.7, 0.6, 0.65], +1, "A", "B")
     assert row["difference"] == pytest.approx(20.0) and "A 85.0 ± 5.0 vs B 65.0 ± 5.0" in row["measured"]
     assert mean_std([0.5]) == "50.0"
+    # seeds that agree up to float rounding have no spread, not a spread of 1e-17
+    assert mean_std([0.1 + 0.2, 0.3, 0.3], scale=1, digits=None) == "0.3 ± 0"
+    assert mean_std([0.3, 0.31], scale=1, digits=None) == "0.305 ± 0.00707"
 
 
 def test_record_cli_trains_evaluates_and_records_one_run(tmp_path, monkeypatch, capsys):

@@ -3,15 +3,20 @@ exactly these runs. A run is a dict of Config overrides on the preset (always wi
 
     EXPERIMENTS["03_choice_of_k"].runs(config, seeds)  ->  [{"method": "mixedae", "seed": 0, "topk": 9}, ...]
 
-Values that depend on the preset's model (K in units of rN, full mixing's equal-compute step count) are
-resolved from the preset's config, so every run carries explicit values.
+Values that depend on the preset's model (K in units of rN, full mixing's equal-compute step count from
+`make bench`'s step times) are resolved from the preset's config, so every run carries explicit values.
 """
 from dataclasses import dataclass
 
+import pandas as pd
 import torch
 
 from ..data import training_batches
 from ..model import METHODS
+from .provenance import REPO
+from .timing import bench_key
+
+BENCH_CSV = REPO / "results" / "tables" / "bench.csv"
 
 
 def k_values(config) -> list[int]:
@@ -26,9 +31,32 @@ def planned_steps(config) -> int:
     return steps if config.max_steps is None else min(steps, config.max_steps)
 
 
-def equal_compute_steps(config) -> int:
-    """Full mixing encodes G sequences per group where compose encodes one: 1/G of compose's steps."""
-    return max(1, planned_steps(config) // config.group_size)
+def full_step_ratio(config, bench_csv=BENCH_CSV) -> tuple[float, str] | None:
+    """(full mixing's step time / compose's, where it was measured) for config's model, batch and kind of
+    device, from the newest `make bench` rows that timed exactly that model; None when none did."""
+    if not bench_csv.exists():
+        return None
+    rows = pd.read_csv(bench_csv)
+    if "model_key" not in rows:
+        return None
+    rows = rows[rows.model_key == bench_key(config)]
+    newest = rows[rows.date == rows.date.max()].set_index("variant")
+    if not {"mixedae", "mixedae_full"} <= set(newest.index):
+        return None
+    full, compose = newest.loc["mixedae_full"], newest.loc["mixedae"]
+    return full.step_ms / compose.step_ms, f"make bench, {compose.device}, commit {compose.commit}, {compose.date[:10]}"
+
+
+def equal_compute(config, bench_csv=BENCH_CSV) -> tuple[int, str]:
+    """(steps, basis) of a full-mixing run that takes the time of a compose run of `config`: compose's steps
+    over the step-time ratio `make bench` measured for this model on this kind of device. Without such a
+    measurement, 1/G of compose's steps (full mixing encodes G sequences per group where compose encodes one)."""
+    measured = full_step_ratio(config, bench_csv)
+    if measured is None:
+        return max(1, planned_steps(config) // config.group_size), \
+            "1/G of compose's steps: no `make bench` row for this model and device"
+    ratio, where = measured
+    return max(1, round(planned_steps(config) / ratio)), f"full step = {ratio:.2f}x compose step ({where})"
 
 
 @dataclass(frozen=True)
@@ -84,7 +112,7 @@ EXPERIMENTS = {
                        for design in list(RECOGNITION_DESIGNS.values())[1:]), seeds=2),
     "04_compose_vs_full": Experiment(
         variants=({"method": "mixedae"}, {"method": "mixedae", "mix_mode": "full"},
-                  lambda c: [{"method": "mixedae", "mix_mode": "full", "max_steps": equal_compute_steps(c)}]),
+                  lambda c: [{"method": "mixedae", "mix_mode": "full", "max_steps": equal_compute(c)[0]}]),
         seeds="first"),
     "05_attention_maps": Experiment(variants=(), draws=METHODS, also=("01_naive_mixing_vs_mae",)),
 }

@@ -165,6 +165,8 @@ class Suite:
 
     def save_figure(self, fig, name: str) -> Path:
         path = self.out / "figures" / self.preset / f"{name}.png"
+        if fig.get_layout_engine() is None:  # panels' axis labels otherwise overlap their neighbours
+            fig.tight_layout()
         # below the figure (tight bbox takes it in), clear of the axis labels
         fig.text(0.01, -0.01, self.provenance_line(), fontsize=6, color="0.4", ha="left", va="top")
         fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"Comment": self.provenance_line()})
@@ -197,7 +199,10 @@ def mean_std(values, scale=100.0, digits: int | None = 1) -> str:
     v = np.asarray(values, dtype=float) * scale
     if len(v) < 2:
         return _number(v.mean(), digits)
-    return f"{_number(v.mean(), digits)} ± {_number(v.std(ddof=1), digits)}"
+    std = v.std(ddof=1)
+    if std <= 1e-9 * np.abs(v).max():  # equal values up to float rounding (0.1 + 0.2 vs 0.3)
+        std = 0.0
+    return f"{_number(v.mean(), digits)} ± {_number(std, digits)}"
 
 
 def paired_test(a, b) -> float:

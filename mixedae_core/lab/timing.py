@@ -1,14 +1,25 @@
 """Step-time measurements that compare methods fairly: one process, fixed on-device images, the methods
 alternated step by step so that drift (clocks, other load) hits all alike. Used by `make bench` and by
 notebook 04's cost claim (the runs' own wall times are taken side by side with other runs)."""
+import dataclasses
 import statistics
 import time
 
 import torch
 
 from ..config import Config
-from ..model import build_model
+from ..model import ModelConfig, build_model
 from ..train import TrainStep
+from .runs import run_key
+
+# What a step's time depends on besides the method: the model's shape, the batch and the kind of device.
+BENCH_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("method", "mix_mode")) \
+    + ("batch_size", "device")
+
+
+def bench_key(config: Config) -> str:
+    """Names the model a `make bench` row timed, so that a later plan reads only rows of its own model."""
+    return run_key(config, "bench", fields=BENCH_KEY_FIELDS)
 
 
 class TimedStep:
