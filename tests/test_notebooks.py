@@ -11,7 +11,8 @@ from mixedae_core.lab.campaign import campaign_plan, run_campaign
 from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
 from mixedae_core.lab.timing import bench_key
 from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
-from mixedae_core.lab.suite import AT_FLOOR, Suite, adjusted, claim, headline, holm, mean_std, paired_test, verdict
+from mixedae_core.lab.suite import (AT_FLOOR, Suite, adjusted, against_spread, claim, conclusion, headline, holm, mean_std,
+                                    paired_test, verdict)
 
 SEEDS = list(PRESETS["smoke"].seeds)
 
@@ -172,6 +173,22 @@ def test_verdicts_follow_sign_and_significance():
     # seeds that agree up to float rounding have no spread, not a spread of 1e-17
     assert mean_std([0.1 + 0.2, 0.3, 0.3], scale=1, digits=None) == "0.3 ± 0"
     assert mean_std([0.3, 0.31], scale=1, digits=None) == "0.305 ± 0.00707"
+
+
+def test_each_effect_is_set_against_a_seed_spread():
+    knn = claim("kNN", [0.80, 0.82, 0.84], [0.70, 0.72, 0.74], +1, "A", "B")  # +10 points, own std 2
+    small = claim("kNN", [0.80, 0.82, 0.84], [0.79, 0.81, 0.83], +1, "A", "B")  # +1 point
+    loss = claim("loss", [0.50, 0.52, 0.54], [0.51, 0.53, 0.55], -1, "A", "B", scale=1, unit="loss")
+    single = claim("loss", [0.5], [0.6], -1, "A", "B", scale=1, unit="loss")
+    assert "is larger than the headline kNN's seed spread (3)" in against_spread(knn, 3.0)
+    assert "is not larger than the headline kNN's seed spread (3)" in against_spread(small, 3.0)
+    # no headline spread: a points claim falls back on its own seeds; other units always use their own
+    assert "is larger than its seed spread (2)" in against_spread(knn, None)
+    assert "is not larger than its seed spread (0.02)" in against_spread(loss, 3.0)
+    assert "one seed" in against_spread(single, 3.0)
+    assert against_spread({"claim": "cost", "difference": 5.0}, 3.0) == ""  # reported numbers have no unit
+    text = conclusion([knn], knn_spread=3.0).data
+    assert "**3.00 points**" in text and "larger than the headline kNN's seed spread" in text
 
 
 def test_record_cli_trains_evaluates_and_records_one_run(tmp_path, monkeypatch, capsys):

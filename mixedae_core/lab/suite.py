@@ -16,6 +16,7 @@ import pandas as pd
 
 from ..config import PRESETS, Config, make_config
 from ..evaluate import DEPENDENCE_LAYOUTS
+from ..model import METHODS
 from ..runfiles import load_model, read_metrics, run_finished
 from ..train import describe_device, resolve_device
 from .experiments import drawn_runs, notebook_runs
@@ -98,6 +99,18 @@ class Suite:
             evaluate_run(run_dir, self.eval_config, progress=False)
             export_record(run_dir, record)
         return record
+
+    def knn_spread(self) -> float | None:
+        """The headline comparison's seed spread: the largest std over seeds of kNN [CLS] (points) among the
+        methods; None with fewer than 2 seeds or while a headline record is missing."""
+        if len(self.seeds) < 2 or not all(self.has_record(method=m, seed=s) for m in METHODS for s in self.seeds):
+            return None
+        return max(100 * np.std([self.evaluation(method=m, seed=s)["scores"]["encoder"]["knn_cls"]
+                                 for s in self.seeds], ddof=1) for m in METHODS)
+
+    def conclusion(self, claims: list[dict], *notes: str):
+        """`conclusion` with this preset's headline kNN seed spread."""
+        return conclusion(claims, *notes, knn_spread=self.knn_spread())
 
     def evaluation(self, **overrides) -> dict:
         return json.loads((self.record(**overrides) / "eval.json").read_text())
@@ -262,11 +275,13 @@ def claim(text: str, a, b, paper_sign: int, label_a: str, label_b: str, scale=10
     diff = float((a - b).mean()) * scale
     p = paired_test(a, b) if len(a) == len(b) else float("nan")
     gap = None if floor_gap is None else floor_gap * scale
+    spread = max(a.std(ddof=1), b.std(ddof=1)) * scale if min(len(a), len(b)) >= 2 else float("nan")
     return {"claim": text,
             "measured": f"{label_a} {mean_std(a, scale, digits)} vs {label_b} {mean_std(b, scale, digits)} "
                         f"({'+' if diff >= 0 else ''}{_number(diff, None if digits is None else digits + 1)}"
                         f"{' ' + unit if unit else ''})",
-            "difference": diff, "p_value": p, "seeds": len(a), "paper_sign": paper_sign, "floor_gap": gap,
+            "difference": diff, "p_value": p, "seeds": len(a), "unit": unit, "seed_spread": spread,
+            "paper_sign": paper_sign, "floor_gap": gap,
             "reference": reference or ("" if gap is None else f"models {gap:.3g} below their content floor"),
             "verdict": verdict(diff, p, paper_sign, floor_gap=gap)}
 
@@ -320,9 +335,29 @@ def _p_text(c: dict) -> str:
     return f", p = {c['p_value']:.3f}" + ("" if math.isnan(holm_p) else f" (Holm {holm_p:.3f})")
 
 
-def conclusion(claims: list[dict], *notes: str):
-    """The notebook's closing text, computed from its numbers: one line per claim, then the notes."""
+def against_spread(c: dict, knn_spread: float | None) -> str:
+    """Whether a claim's effect exceeds the seed spread: accuracy-like effects (in points) against the headline
+    kNN's spread, others against the spread of their own per-seed values."""
+    if "unit" not in c:
+        return ""
+    if "points" in c["unit"] and knn_spread is not None and not math.isnan(knn_spread):
+        spread, name = knn_spread, "the headline kNN's seed spread"
+    elif not math.isnan(c["seed_spread"]):
+        spread, name = c["seed_spread"], "its seed spread"
+    else:
+        return "; one seed, no spread to compare with"
+    size = "larger" if abs(c["difference"]) > spread else "not larger"
+    return f"; |effect| {abs(c['difference']):.3g} is {size} than {name} ({spread:.3g})"
+
+
+def conclusion(claims: list[dict], *notes: str, knn_spread: float | None = None):
+    """The notebook's closing text, computed from its numbers: the headline kNN's seed spread, one line per
+    claim (with its effect against that spread, see `against_spread`), then the notes."""
     from IPython.display import Markdown
     lines = ["### Conclusion (computed from the numbers above)", ""]
-    lines += [f"- {c['claim']}: {c['measured']}" + _p_text(c) + f": **{c['verdict']}**." for c in adjusted(claims)]
+    if knn_spread is not None:
+        lines += [f"Seed spread of the headline kNN [CLS] (the largest std over seeds among MAE, naive and "
+                  f"MixedAE): **{knn_spread:.2f} points**.", ""]
+    lines += [f"- {c['claim']}: {c['measured']}" + _p_text(c) + against_spread(c, knn_spread) +
+              f": **{c['verdict']}**." for c in adjusted(claims)]
     return Markdown("\n".join(lines + ([""] + list(notes) if notes else [])))
