@@ -84,19 +84,21 @@ def _read_table(path: Path):
     return pd.read_csv(path, comment="#"), meta
 
 
-def _training_line(out: Path, preset: str) -> str:
-    """The training campaigns behind a preset's records (tables/<preset>/campaign_log.json)."""
+def _training_line(out: Path, preset: str) -> tuple[str, float]:
+    """(a sentence, minutes) on the training campaigns behind a preset's records (tables/<preset>/campaign_log.json):
+    training and evaluation of every run."""
     path = out / "tables" / preset / "campaign_log.json"
     records = {p.name for p in (out / "runs" / preset).glob("*")}  # campaigns behind the current records only
     campaigns = [c for c in json.loads(path.read_text()) if any(e["run"] in records for e in c["trained"])] \
         if path.exists() else []
     if not campaigns:
-        return ""
+        return "", 0.0
     runs = sum(len(c["trained"]) for c in campaigns)
     minutes = sum(c["wall_seconds"] for c in campaigns) / 60
     where = sorted({f"{c['provenance']['device']}, {c['workers']} side by side, commit {c['provenance']['commit']}"
                     for c in campaigns})
-    return f" Training: {runs} runs in {len(campaigns)} campaign(s), {minutes:.1f} min ({'; '.join(where)})."
+    return (f" Training and evaluation: {runs} runs in {len(campaigns)} campaign(s), {minutes:.1f} min "
+            f"({'; '.join(where)})."), minutes
 
 
 def _claims_section(out: Path, preset: str) -> list[str]:
@@ -121,10 +123,12 @@ def _claims_section(out: Path, preset: str) -> list[str]:
     commits = sorted({m.get("commit", "?") for m in metas})
     dates = sorted(m.get("date", "?") for m in metas)
     total = sum(timings.values())
+    training, training_minutes = _training_line(out, preset)
     head = [f"## {PRESETS[preset].title}", "",
             f"Device: {', '.join(devices)}; commit: {', '.join(commits)}; notebooks run {dates[0]} to {dates[-1]}; "
             f"wall time of the notebooks: {total / 60:.1f} min "
-            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).{_training_line(out, preset)}", ""]
+            f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).{training}"
+            + (f" In all: {training_minutes + total / 60:.1f} min." if training else ""), ""]
     head += [headline(verdicts) + " Each notebook discusses its numbers.", ""]
     return head + lines + [""]
 
