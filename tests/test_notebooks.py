@@ -1,6 +1,7 @@
 """The notebook suite end to end at PRESET=smoke (so a broken notebook cannot land), and its statistics."""
 import json
 import math
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -115,6 +116,23 @@ def test_unknown_notebook_parameter_is_an_error(tmp_path):
         run_notebooks("smoke", tmp_path, only=["00"], extra={"sedes": [0]}, progress=False)
     with pytest.raises(ValueError, match="matches no notebook"):
         run_notebooks("smoke", tmp_path, only=["99"], progress=False)
+
+
+@pytest.mark.parametrize("params, needle", [({"bogus": 1}, "has no parameter(s) bogus"),
+                                             ({"seeds": "notalist"}, "seeds takes a value like its default None")])
+def test_papermill_run_directly_refuses_undeclared_or_mistyped_parameters(params, needle, tmp_path):
+    import papermill
+    from mixedae_core.lab.reproduce import NOTEBOOK_DIR
+    with pytest.raises(papermill.PapermillExecutionError, match=re.escape(needle)):
+        papermill.execute_notebook(str(NOTEBOOK_DIR / "04_compose_vs_full.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"preset": "smoke", "out_dir": str(tmp_path), **params},
+                                   kernel_name="python3", progress_bar=False)
+
+
+def test_suite_refuses_seeds_that_are_not_a_list_of_integers():
+    for seeds in ("012", [0, "1"], [], [True]):
+        with pytest.raises(ValueError, match="seeds must be None"):
+            Suite("smoke", seeds, progress=False)
 
 
 def test_paired_test_matches_the_t_formula():

@@ -7,6 +7,7 @@ Each notebook gets `preset`, `seeds`, `device`, `out_dir`; a parameter a noteboo
 an error (papermill alone would only warn). Runs are shared through the run cache and the records, so an
 interrupted reproduce continues where it stopped.
 """
+import ast
 import json
 import time
 from pathlib import Path
@@ -21,9 +22,11 @@ from .suite import headline
 NOTEBOOK_DIR = REPO / "notebooks"
 
 
-def notebook_parameters(path: Path) -> set:
+def notebook_parameters(path: Path, defaults: bool = False):
+    """The names the notebook's parameters cell declares or, with `defaults`, {name: default value}."""
     import papermill
-    return set(papermill.inspect_notebook(str(path)))
+    declared = papermill.inspect_notebook(str(path))
+    return {name: ast.literal_eval(p["default"]) for name, p in declared.items()} if defaults else set(declared)
 
 
 class CampaignIncomplete(RuntimeError):

@@ -43,9 +43,12 @@ class Suite:
 
     def __post_init__(self):
         make_config(self.preset)  # unknown preset: fail before any work
-        self.seeds = [int(s) for s in (PRESETS[self.preset].seeds if self.seeds is None else self.seeds)]
-        if not self.seeds:
-            raise ValueError("seeds must name at least one seed")
+        seeds = PRESETS[self.preset].seeds if self.seeds is None else self.seeds
+        if not isinstance(seeds, (list, tuple)) or not seeds or \
+                not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
+            raise ValueError(f"seeds must be None (the preset's seeds) or a non-empty list of integers such as "
+                             f"[0, 1, 2], got {self.seeds!r}")
+        self.seeds = list(seeds)
         out = Path(self.out_dir)
         self.out = out if out.is_absolute() else (REPO / out)
         for kind in ("figures", "tables"):
@@ -314,9 +317,43 @@ def headline(verdicts) -> str:
 
 
 # -------------------------------------------------------------------- notebook setup and conclusion
+# The parameters every notebook declares whose defaults (None) do not tell their type.
+PARAMETER_TYPES = {"seeds": (list, type(None)), "runs_root": (str, type(None))}
+
+
+def check_injected_parameters(notebook: str):
+    """Parameters papermill injected into this notebook (its '# Parameters' cell) that the notebook does not
+    declare, or of another type than declared, are errors: papermill itself only logs a warning and runs the
+    defaults."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    injected = [cell for cell in (shell.user_ns.get("In", []) if shell else []) if cell.startswith("# Parameters")]
+    if not injected:
+        return
+    import ast
+
+    from .reproduce import NOTEBOOK_DIR, notebook_parameters
+    declared = notebook_parameters(NOTEBOOK_DIR / f"{notebook}.ipynb", defaults=True)
+    names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
+             for t in node.targets if isinstance(t, ast.Name)]
+    unknown = [n for n in names if n not in declared]
+    if unknown:
+        raise ValueError(f"notebook {notebook} has no parameter(s) {', '.join(unknown)}; it declares "
+                         f"{', '.join(declared)}")
+    for name in names:
+        value, default = shell.user_ns[name], declared[name]
+        expected = PARAMETER_TYPES.get(name) or ((int, float) if isinstance(default, float) else type(default))
+        if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(default, bool)):
+            raise ValueError(f"notebook parameter {name} takes a value like its default {default!r}, got {value!r}")
+
+
 def start(notebook: str, preset: str, seeds=None, device: str = "auto", out_dir: str = "results",
           runs_root: str | None = None) -> Suite:
-    """The first cell of every notebook: the plotting theme and the notebook's Suite."""
+    """The first cell of every notebook: the parameters checked, the plotting theme and the notebook's Suite."""
+    check_injected_parameters(notebook)
     import seaborn as sns
     sns.set_theme(style="whitegrid", context="notebook")
     return Suite(preset, seeds, device, out_dir, notebook=notebook, runs_root=runs_root)
