@@ -11,8 +11,21 @@ import io
 import tokenize
 from dataclasses import dataclass
 
+import torch
+
 from .data import NORMALIZATION, dataset_channels
-from .model import ModelConfig
+from .model import ModelConfig, at_least, check_finite
+
+# Fields that change how a run is logged, fetched or checkpointed, not what it computes: they are left out of
+# the run key, and a run may be resumed with other values of them.
+NOT_IN_RUN_KEY = ("download", "workers", "log_every", "checkpoint_minutes")
+
+
+def device_type(device: str) -> str:
+    """'cpu' or 'cuda': what a run computes depends on the kind of device (fp32 vs bf16), not its index."""
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device.split(":")[0]
 
 
 @dataclass
@@ -37,6 +50,7 @@ class Config(ModelConfig):
     device: str = "auto"              # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
     workers: int = 8                  # DataLoader workers (imagefolder only)
     log_every: int = 50               # steps between metric lines (and TopK-accuracy diagnostics)
+    checkpoint_minutes: float = 5.0   # minutes between checkpoints inside an epoch (each epoch also ends with one)
 
     @property
     def lr(self) -> float:
@@ -64,16 +78,18 @@ class Config(ModelConfig):
             bad("fashion-mnist is padded to 32 x 32: set img_size=32")
         if self.group_by not in ("random", "class"):
             bad(f"group_by must be 'random' or 'class', got {self.group_by!r}")
-        for name in ("epochs", "batch_size", "accum_steps", "log_every", "synthetic_size"):
-            if getattr(self, name) < 1:
-                bad(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_steps is not None and self.max_steps < 1:
-            bad(f"max_steps must be >= 1 or None, got {self.max_steps}")
+        check_finite(self, Config, bad)
+        at_least(self, ("epochs", "max_steps", "batch_size", "accum_steps", "log_every", "synthetic_size",
+                        "train_subset"), 1, bad)
+        at_least(self, ("min_lr", "weight_decay", "warmup_epochs", "workers", "checkpoint_minutes"), 0, bad)
+        if self.blr <= 0:
+            bad(f"blr must be > 0, got {self.blr}")
+        for name in ("beta1", "beta2"):
+            if not 0 <= getattr(self, name) < 1:
+                bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if self.batch_size % (self.accum_steps * self.group_size):
             bad(f"batch_size {self.batch_size} must be divisible by accum_steps x G = "
                 f"{self.accum_steps} x {self.group_size}")
-        if self.blr <= 0 or self.min_lr < 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
-            bad("blr must be > 0; min_lr, weight_decay and warmup_epochs >= 0")
         if self.warmup_epochs > self.epochs:
             bad(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
@@ -81,6 +97,12 @@ class Config(ModelConfig):
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def result_fields(self) -> dict:
+        """The fields that decide what the run computes: canonical values, NOT_IN_RUN_KEY left out, the
+        device as its kind."""
+        fields = {k: v for k, v in self.canonical().to_dict().items() if k not in NOT_IN_RUN_KEY}
+        return {**fields, "device": device_type(fields["device"])}
 
 
 @dataclass
@@ -97,6 +119,23 @@ class EvalConfig:
     batch_size: int = 500             # images per forward pass
     baselines: bool = True            # also evaluate raw pixels and the randomly initialised encoder
     pretext_images: int = 512         # test images for the shared-position loss and the cross-image reliance
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self):
+        def bad(msg):
+            raise ValueError(f"EvalConfig: {msg}")
+
+        check_finite(self, EvalConfig, bad)
+        at_least(self, ("knn_k", "probe_max_iter", "train_subset", "test_subset", "batch_size", "pretext_images"),
+                 1, bad)
+        if self.knn_temperature <= 0:
+            bad(f"knn_temperature must be > 0, got {self.knn_temperature}")
+        if self.probe_l2 < 0:
+            bad(f"probe_l2 must be >= 0, got {self.probe_l2}")
+        if not 0 < self.attention_mass <= 1:
+            bad(f"attention_mass must be in (0, 1], got {self.attention_mass}")
 
 
 # ------------------------------------------------------------------------------------------ presets

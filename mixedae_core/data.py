@@ -31,7 +31,7 @@ NORMALIZATION = {  # per-channel mean and std of the training images
 
 
 class DatasetError(RuntimeError):
-    """A dataset is missing or unreadable; the message says which file and how to fix it."""
+    """A dataset is missing, unreadable or too small; the message says which file and how to fix it."""
 
 
 @dataclass
@@ -152,9 +152,9 @@ def dataset_channels(name: str) -> int:
 # ---------------------------------------------------------------------------------- augmentation
 def normalize(images: torch.Tensor, name: str) -> torch.Tensor:
     """uint8 [B, C, H, W] -> float, standardised with the dataset's channel statistics."""
-    mean, std = NORMALIZATION[name]
-    mean = torch.tensor(mean, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, device=images.device).view(1, -1, 1, 1)
+    # the first C statistics: generated images take any channel count (real datasets are checked by Config)
+    mean, std = (torch.tensor(v[:images.shape[1]], device=images.device).view(1, -1, 1, 1)
+                 for v in NORMALIZATION[name])
     return (images.float() / 255 - mean) / std
 
 
@@ -260,7 +260,8 @@ class DeviceBatches:
         self._order_epoch, self._order = None, None
         self.steps_per_epoch = len(self._epoch_order(0)) // config.batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"{len(self.data)} training images give no full batch of {config.batch_size}")
+            raise DatasetError(f"{len(self.data)} training images give no full batch of {config.batch_size}: lower "
+                               "--batch_size, or train on more images (a larger --train_subset or --synthetic_size)")
 
     def _epoch_order(self, epoch):
         if epoch != self._order_epoch:
@@ -295,7 +296,18 @@ class FolderBatches:
         self.loader = imagefolder_loader(config.dataset.split(":", 1)[1], config.img_size, m, config.workers,
                                          config.seed, rank, world)
         self.steps_per_epoch = len(self.loader) // config.accum_steps
+        if self.steps_per_epoch == 0:
+            raise DatasetError(f"image folder {self.loader.dataset.root} holds {len(self.loader.dataset)} images, "
+                               f"fewer than one batch of {config.batch_size}: lower --batch_size or add images")
         self._epoch, self._iter = None, None
+
+    def _next(self):
+        try:
+            return next(self._iter)
+        except DatasetError as err:
+            # from a worker process the error arrives with the worker's traceback in its message: keep the
+            # last line, the one that names the file
+            raise DatasetError(str(err).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
 
     def micro_batches(self, step: int):
         c = self.config
@@ -304,10 +316,10 @@ class FolderBatches:
             self.loader.sampler.set_epoch(epoch)
             self._iter, self._epoch = iter(self.loader), epoch
             for _ in range(i * c.accum_steps):
-                next(self._iter)
+                self._next()
         g = step_generator(c.seed, 3, step * 1000 + self.rank, self.device)
         out = []
         for _ in range(c.accum_steps):
-            images = next(self._iter)[0].to(self.device, non_blocking=True)
+            images = self._next()[0].to(self.device, non_blocking=True)
             out.append((images, torch.rand(len(images) // c.group_size, c.num_patches, generator=g, device=self.device)))
         return out

@@ -24,6 +24,23 @@ from .mixing import draw_partition, mix_tokens
 METHODS = ("mae", "naive", "mixedae")
 
 
+def check_finite(config, cls, bad):
+    """NaN fails every comparison, so a check such as `blr <= 0` lets it through: refuse NaN and infinity
+    in every float field of dataclass `cls` first."""
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(f"{f.name} must be a finite number, got {value}")
+
+
+def at_least(config, names, minimum, bad):
+    """Each named field is None (where the field allows it) or >= minimum."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            bad(f"{name} must be >= {minimum}, got {value}")
+
+
 @dataclass
 class ModelConfig:
     """Every model switch. MAE sizes use the official MAE constructor's keyword names.
@@ -121,6 +138,12 @@ class ModelConfig:
         def bad(msg):
             raise ValueError(f"ModelConfig: {msg}")
 
+        check_finite(self, ModelConfig, bad)
+        at_least(self, ("img_size", "patch_size", "in_chans", "embed_dim", "num_heads", "decoder_embed_dim",
+                        "decoder_num_heads", "hc_proj_dim"), 1, bad)
+        at_least(self, ("depth", "decoder_depth", "hc_weight"), 0, bad)  # no blocks: a patch-wise model
+        if self.mlp_ratio <= 0:
+            bad(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.method not in METHODS:
             bad(f"method must be one of {METHODS}, got {self.method!r}")
         if self.img_size % self.patch_size:

@@ -4,7 +4,9 @@ The run directory's files are described in runfiles.py. Every random draw of ste
 flips, masking or mixing noise) comes from generators seeded with (seed, epoch) or (seed, s) and is drawn
 for the whole global batch on every process, which then takes its own shard. So a resumed run, and a run
 on any number of processes, sees exactly the batches of one uninterrupted single-process run (for
-device-resident datasets).
+device-resident datasets). Checkpoints, at every epoch's end and every `checkpoint_minutes` inside an epoch,
+hold the loop state and the RNG, so a run resumed from any of them ends with the weights and metrics of the
+uninterrupted run, bit for bit.
 """
 import contextlib
 import json
@@ -24,7 +26,8 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data import training_batches
 from .model import build_model, recognition_warnings
-from .runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, read_metrics, save_atomic, write_text_atomic
+from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, read_checkpoint, read_metrics, save_atomic,
+                       write_text_atomic)
 
 CODE_VERSION = "1"  # bump when a change alters what a run computes: cached runs are then retrained
 NO_WEIGHT_DECAY = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "seg_embed")
@@ -203,59 +206,80 @@ class StopRequest:
         for s, handler in self._old.items():
             signal.signal(s, handler)
 
-    def agreed(self, device, world: int) -> int:
-        """The signal number, the same on every process (all must stop after the same step)."""
-        if world == 1:
-            return self.signum
-        flag = torch.tensor(float(self.signum), device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return int(flag.item())
+
+def agreed(flags, device, world: int) -> list[int]:
+    """Each flag's maximum over the processes: all must take the same branch after a step."""
+    if world == 1:
+        return [int(f) for f in flags]
+    values = torch.tensor([float(f) for f in flags], device=device)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX)
+    return [int(v) for v in values.tolist()]
+
+
+def divergence(what: str, step: int, steps_per_epoch: int, run_dir: Path, saved_step: int | None):
+    """The error of a run whose loss or weights became non-finite at `step`, saying which checkpoint is left."""
+    if saved_step is None:
+        left = f"no checkpoint was written, so {run_dir} cannot be resumed"
+    else:
+        left = (f"its last good checkpoint {run_dir / CHECKPOINT}, taken after step {saved_step - 1} (epoch "
+                f"{(saved_step - 1) // steps_per_epoch}), is untouched")
+    return NonFiniteLossError(f"{what} at step {step} (epoch {step // steps_per_epoch}) of run {run_dir}; {left}. "
+                              "Lower blr or check the data.")
 
 
 # ------------------------------------------------------------------------------------- run directory
-def open_run_dir(config: Config, run_dir: Path, resume: bool, rank: int):
-    """Refuse to overwrite another run; write config.json (rank 0)."""
-    ckpt_path, saved = run_dir / CHECKPOINT, run_dir / CONFIG
-    if ckpt_path.exists() and not resume:
+def checkpoint_to_resume(config: Config, run_dir: Path, resume: bool, device) -> dict | None:
+    """The run directory's checkpoint, read before anything is written there. Refuses a run that is not to be
+    resumed, and a checkpoint trained with another config (the checkpoint's config is the run's, whatever
+    config.json says)."""
+    if not (run_dir / CHECKPOINT).exists():
+        return None
+    if not resume:
         raise RunExistsError(f"{run_dir} already holds a run (checkpoint.pt): resume it, or choose another directory")
-    if saved.exists() and ckpt_path.exists() and \
-            Config(**json.loads(saved.read_text())).canonical() != config.canonical():
-        raise RunExistsError(f"{run_dir} holds a run with another config (see its config.json); "
-                             "choose another directory")
+    ckpt = read_checkpoint(run_dir, device)
+    trained, requested = Config(**ckpt["config"]).result_fields(), config.result_fields()
+    changed = [k for k in requested if trained[k] != requested[k]]
+    if changed:
+        schedule = (" A run cannot be extended: epochs and max_steps shape the learning-rate schedule from its first "
+                    "step, so a longer schedule is a new run." if {"epochs", "max_steps"} & set(changed) else "")
+        raise RunExistsError(f"cannot resume {run_dir}: its checkpoint was trained with another config ("
+                             + "; ".join(f"{k}: checkpoint {trained[k]}, requested {requested[k]}" for k in changed)
+                             + f"). Resume with the checkpoint's values, or train in another directory.{schedule}")
+    return ckpt
+
+
+def open_run_dir(config: Config, run_dir: Path, rank: int):
+    """The run directory with its config.json (rank 0), once the run is sure to start."""
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(saved, json.dumps(config.to_dict(), indent=1))
+        write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=1))
 
 
 def save_checkpoint(model, optimizer, state: dict, config: Config, run_dir: Path, rank: int):
-    # A huge update can leave the weights non-finite one step before the loss shows it:
-    # never let such weights replace the last good checkpoint.
-    if not all(torch.isfinite(p).all() for p in model.parameters()):
-        raise NonFiniteLossError(f"the weights became non-finite by step {state['step'] - 1} of run {run_dir}; "
-                                 f"the last good checkpoint {run_dir / CHECKPOINT} is untouched. "
-                                 "Lower blr or check the data.")
     if rank == 0:
         save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "state": state,
                      "config": config.to_dict(), "rng": {"torch": torch.get_rng_state()},
                      "code_version": CODE_VERSION}, run_dir / CHECKPOINT)
 
 
-def resume_state(model, optimizer, run_dir: Path, device, rank: int, total: int) -> dict:
-    """The loop state of the run's checkpoint (model and optimizer loaded); metric lines written after that
-    checkpoint are dropped, since they will be written again. A run without checkpoint starts fresh.
-    (open_run_dir has refused a checkpoint that was not to be resumed.)"""
-    ckpt_path = run_dir / CHECKPOINT
-    if not ckpt_path.exists():
+def resume_state(ckpt: dict | None, model, optimizer, run_dir: Path, rank: int, resume: bool, total: int,
+                 steps_per_epoch: int) -> dict:
+    """The loop state of `ckpt` (model, optimizer and RNG loaded); metric lines written after that checkpoint
+    are dropped, since they will be written again. Without a checkpoint the run starts at step 0."""
+    if ckpt is None:
         if rank == 0:
             (run_dir / METRICS).write_text("")
+            if resume:
+                print(f"no checkpoint in {run_dir}: starting from step 0", flush=True)
         return {"step": 0, "train_seconds": 0.0, "images": 0, "epoch_sums": None}
-    ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["rng"]["torch"])
+    torch.set_rng_state(ckpt["rng"]["torch"].cpu())  # loaded onto the run's device with the rest
     state = ckpt["state"]
     if rank == 0:
-        print(f"resuming {run_dir} at step {state['step']} of {total}", flush=True)
+        step = state["step"]
+        print(f"resuming run {run_dir} " + (f"at step {step} of {total} (epoch {step // steps_per_epoch})"
+                                            if step < total else f"after its last step ({total})"), flush=True)
         kept = [m for m in read_metrics(run_dir) if m["step"] < state["step"]]
         write_text_atomic(run_dir / METRICS, "".join(json.dumps(m) + "\n" for m in kept))
     return state
@@ -270,18 +294,20 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
     if c.batch_size % (c.accum_steps * world * c.group_size):
         raise ValueError(f"batch_size {c.batch_size} must split into accum_steps x processes = "
                          f"{c.accum_steps} x {world} micro-batches that are multiples of G = {c.group_size}")
-    open_run_dir(c, run_dir, resume, rank)
+    ckpt = checkpoint_to_resume(c, run_dir, resume, device)
+    batches = training_batches(c, device, rank, world)  # data errors too come before anything is written
+    open_run_dir(c, run_dir, rank)
 
     torch.manual_seed(c.seed)
     model = build_model(c).to(device)
-    batches = training_batches(c, device, rank, world)
     spe = batches.steps_per_epoch
     total = c.epochs * spe if c.max_steps is None else min(c.epochs * spe, c.max_steps)
     lrs = lr_schedule(c.lr, c.min_lr, total, int(round(c.warmup_epochs * spe)))
     ddp = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
         if world > 1 else None
     train_step = TrainStep(model, c, ddp)
-    state = resume_state(model, train_step.optimizer, run_dir, device, rank, total)
+    state = resume_state(ckpt, model, train_step.optimizer, run_dir, rank, resume, total, spe)
+    saved_step, saved_at = (state["step"] if ckpt else None), time.monotonic()
     log = MetricLog(run_dir, rank, world, state["images"])
     bar = tqdm(total=total, initial=state["step"], disable=rank != 0 or not progress, unit="step",
                desc=f"{c.method} {run_dir.name}", dynamic_ncols=True)
@@ -295,9 +321,7 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
             t0 = time.perf_counter()
             values = log.values(train_step(batches.micro_batches(step), float(lrs[step]), diagnostics=logged))
             if not np.isfinite(values["loss"]):
-                raise NonFiniteLossError(f"the loss became {values['loss']} at step {step} (epoch {epoch}) of run "
-                                         f"{run_dir}; the last good checkpoint {run_dir / CHECKPOINT} is untouched. "
-                                         "Lower blr or check the data.")
+                raise divergence(f"the loss became {values['loss']}", step, spe, run_dir, saved_step)
             state["step"], state["images"] = step + 1, state["images"] + c.batch_size
             state["train_seconds"] += time.perf_counter() - t0
             sums = state["epoch_sums"] or {"steps": 0, **{k: 0.0 for k in LOSSES}}
@@ -310,11 +334,16 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
                 log.epoch(step, epoch, state["epoch_sums"], state["train_seconds"],
                           recognition_warnings(c, values["loss_hc"], values.get("topk_acc_layers")))
                 state["epoch_sums"] = None
+            signum, timed = agreed((stop.signum, time.monotonic() - saved_at >= 60 * c.checkpoint_minutes),
+                                   device, world)
+            if end_of_epoch or timed or signum:
+                # A huge update can leave the weights non-finite one step before the loss shows it:
+                # never let such weights replace the last good checkpoint.
+                if not all(torch.isfinite(p).all() for p in model.parameters()):
+                    raise divergence("the weights became non-finite", step, spe, run_dir, saved_step)
                 save_checkpoint(model, train_step.optimizer, state, c, run_dir, rank)
-            signum = stop.agreed(device, world)
+                saved_step, saved_at = state["step"], time.monotonic()
             if signum and state["step"] < total:
-                if not end_of_epoch:
-                    save_checkpoint(model, train_step.optimizer, state, c, run_dir, rank)
                 bar.close()
                 raise SystemExit(f"stopped by signal {signum} at step {state['step']}; the checkpoint "
                                  f"{run_dir / CHECKPOINT} resumes it (--resume, or the run cache)")

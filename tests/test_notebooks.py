@@ -114,7 +114,7 @@ def test_equal_compute_divides_by_the_newest_bench_ratio_of_the_same_model(tmp_p
 def test_unknown_notebook_parameter_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="has no parameter"):
         run_notebooks("smoke", tmp_path, only=["00"], extra={"sedes": [0]}, progress=False)
-    with pytest.raises(ValueError, match="matches no notebook"):
+    with pytest.raises(ValueError, match="no notebook starts with 99"):
         run_notebooks("smoke", tmp_path, only=["99"], progress=False)
 
 
@@ -133,6 +133,15 @@ def test_suite_refuses_seeds_that_are_not_a_list_of_integers():
     for seeds in ("012", [0, "1"], [], [True]):
         with pytest.raises(ValueError, match="seeds must be None"):
             Suite("smoke", seeds, progress=False)
+
+
+def test_reproduce_refuses_an_unknown_prefix_beside_a_known_one(tmp_path, capsys):
+    from mixedae_core.lab.cli import main
+    with pytest.raises(SystemExit) as info:
+        main(["reproduce", "--preset", "smoke", "--out", str(tmp_path / "results"), "--only", "01,99"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "no notebook starts with 99;" in err and "01_naive_mixing_vs_mae" in err
+    assert not (tmp_path / "results").exists()
 
 
 def test_paired_test_matches_the_t_formula():
@@ -240,7 +249,7 @@ def test_campaign_stops_runs_at_its_budget_and_the_next_campaign_resumes_them(tm
     stopped_at = torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"]
     assert stopped_at > 0
     second = campaign()
-    assert second["stopped"] and f"resuming {run_dir} at step {stopped_at} " in (runs / "logs" / f"{run_dir.name}.log").read_text()
+    assert second["stopped"] and f"resuming run {run_dir} at step {stopped_at} of " in (runs / "logs" / f"{run_dir.name}.log").read_text()
     assert torch.load(run_dir / "checkpoint.pt", weights_only=False)["state"]["step"] > stopped_at
 
 

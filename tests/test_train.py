@@ -1,7 +1,9 @@
 """The training engine: CLI, validation, resumable checkpoints, torchrun equivalence, the run cache."""
+import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,7 +15,7 @@ import torch
 
 from conftest import REPO
 from mixedae_core.lab.cli import main
-from mixedae_core.config import Config, make_config
+from mixedae_core.config import Config, EvalConfig, make_config
 from mixedae_core.lab.runs import ensure_run, run_dir_for, run_key
 from mixedae_core.runfiles import load_model, read_metrics
 from mixedae_core.train import CODE_VERSION, NonFiniteLossError, RunExistsError, lr_schedule, param_groups, train
@@ -90,6 +92,13 @@ def test_cli_smoke_run_leaves_checkpoint_metrics_config(tmp_path):
     (["--dataset", "fashion-mnist"], "set in_chans=1"),
     (["--dataset", "cifar10"], "cifar10 not found"),  # not on disk, and no --download
     (["--dataset", "imagefolder:/nonexistent/train"], "image folder /nonexistent/train does not exist"),
+    (["--train_subset", "-5"], "train_subset must be >= 1, got -5"),
+    (["--train_subset", "0"], "train_subset must be >= 1, got 0"),
+    (["--hc_weight", "-1"], "hc_weight must be >= 0"),
+    (["--mlp_ratio", "0"], "mlp_ratio must be > 0"),
+    (["--blr", "nan"], "blr must be a finite number, got nan"),
+    (["--warmup_epochs", "inf"], "warmup_epochs must be a finite number, got inf"),
+    (["--batch_size", "256"], "128 training images give no full batch of 256: lower --batch_size"),
 ])
 def test_cli_rejects_bad_input_with_exit_2_and_no_traceback(args, needle, tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MIXEDAE_DATA", str(tmp_path / "empty"))
@@ -97,7 +106,76 @@ def test_cli_rejects_bad_input_with_exit_2_and_no_traceback(args, needle, tmp_pa
         main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "run"), *args])
     assert exit_info.value.code == 2
     assert needle in capsys.readouterr().err
-    assert not (tmp_path / "run" / "checkpoint.pt").exists()  # rejected before any training
+    assert not (tmp_path / "run").exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--train_subset", "-5"], "train_subset must be >= 1, got -5"),
+    (["--test_subset", "0"], "test_subset must be >= 1, got 0"),
+    (["--batch_size", "0"], "batch_size must be >= 1, got 0"),
+    (["--knn_temperature", "nan"], "knn_temperature must be a finite number"),
+])
+def test_evaluate_rejects_bad_numbers_with_exit_2(args, needle, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", str(tmp_path), *args])
+    assert exit_info.value.code == 2 and needle in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make", [
+    lambda: make_config("smoke", blr=float("nan")),
+    lambda: make_config("smoke", min_lr=float("nan")),
+    lambda: make_config("smoke", hc_weight=float("nan")),
+    lambda: make_config("smoke", hc_temperature=float("inf")),
+    lambda: make_config("smoke", checkpoint_minutes=-1.0),
+    lambda: make_config("smoke", num_heads=0),
+    lambda: EvalConfig(probe_l2=float("nan")),
+    lambda: EvalConfig(attention_mass=0.0),
+])
+def test_the_python_api_refuses_what_the_cli_refuses(make):
+    with pytest.raises(ValueError, match="must be"):
+        make()
+
+
+def test_resume_trusts_the_checkpoint_not_config_json(tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["pretrain", "--preset", "smoke", "--epochs", "1", "--out", str(run), "--no-progress", "--resume"]
+    main(args)
+    assert f"no checkpoint in {run}: starting from step 0" in capsys.readouterr().out
+    (run / "config.json").unlink()
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--blr", "0.005", "--epochs", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "blr: checkpoint 0.001, requested 0.005" in err
+    assert "epochs: checkpoint 1, requested 2" in err and "cannot be extended" in err
+    assert not (run / "config.json").exists()  # refused before anything is written
+    main([*args, "--workers", "3", "--log_every", "1", "--checkpoint_minutes", "1"])  # they do not change the run
+    assert f"resuming run {run} after its last step (8)" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["workers"] == 3
+
+
+def test_damaged_checkpoint_is_named_on_resume_and_on_evaluate(tmp_path, capsys):
+    run, ckpt = tmp_path / "run", tmp_path / "run" / "checkpoint.pt"
+    train(make_config("smoke", method="mae", epochs=1), run, progress=False)
+    ckpt.write_bytes(ckpt.read_bytes()[:ckpt.stat().st_size // 2])
+    config_json = (run / "config.json").read_text()
+    for command in (["evaluate", str(run)], ["pretrain", "--preset", "smoke", "--method", "mae", "--epochs", "1",
+                                             "--out", str(run), "--resume", "--no-progress"]):
+        with pytest.raises(SystemExit) as exit_info:
+            main(command)
+        err = capsys.readouterr().err
+        assert exit_info.value.code == 2 and err.startswith(f"error: cannot read the checkpoint {ckpt} (")
+        assert "Delete it" in err and err.count("\n") == 1, command
+    assert (run / "config.json").read_text() == config_json
+
+
+def test_non_finite_loss_before_any_checkpoint_says_none_was_written(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["pretrain", "--preset", "smoke", "--blr", "1e6", "--out", str(tmp_path), "--no-progress"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 4 and err.count("\n") == 1
+    step = int(re.search(r"the loss became (?:nan|inf) at step (\d+) ", err).group(1))
+    assert f"at step {step} (epoch {step // 8}) of run {tmp_path}; no checkpoint was written" in err
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 def test_cli_refuses_to_overwrite_a_run_without_resume(tmp_path, capsys):
@@ -163,18 +241,19 @@ def test_same_seed_same_numbers(tmp_path):
     assert_same_run(tmp_path / "a", tmp_path / "b", atol=0)
 
 
-def spawn(config: Config, out, resume=False):
+def spawn(config: Config, out, resume=False, threads=1):
     args = [f"--{k}={v}" for k, v in config.to_dict().items() if v is not None]
     return subprocess.Popen([sys.executable, "-m", "mixedae_core", "pretrain", "--preset", "smoke", "--out", str(out),
                              "--no-progress", *(["--resume"] if resume else []), *args],
-                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env={**ENV, "OMP_NUM_THREADS": str(threads)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_for_epochs(out, n, proc, timeout=120):
-    """Until `n` epoch lines are logged and a checkpoint is on disk (it is written after the line)."""
+def wait_for_lines(out, kind, n, proc, timeout=120):
+    """Until `n` metric lines of `kind` are logged and a checkpoint is on disk (it is written after the line)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if len([m for m in read_metrics(out) if m["kind"] == "epoch"]) >= n and (out / "checkpoint.pt").exists():
+        if len([m for m in read_metrics(out) if m["kind"] == kind]) >= n and (out / "checkpoint.pt").exists():
             return
         assert proc.poll() is None, proc.communicate()
         time.sleep(0.01)
@@ -185,7 +264,7 @@ def wait_for_epochs(out, n, proc, timeout=120):
 def test_killed_run_resumes_to_the_same_weights(tmp_path, sig):
     config = small(epochs=6, synthetic_size=160)
     proc = spawn(config, tmp_path / "killed")
-    wait_for_epochs(tmp_path / "killed", 1, proc)
+    wait_for_lines(tmp_path / "killed", "epoch", 1, proc)
     time.sleep(0.15)  # into the second epoch
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
@@ -202,19 +281,46 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, sig):
     assert epochs == list(range(6))  # no duplicated or missing epoch line after the resume
 
 
+@pytest.mark.parametrize("size, threads", [("smoke", 1), ("cpu", 2)])
+def test_run_killed_inside_an_epoch_resumes_there_to_the_same_weights(tmp_path, size, threads):
+    # A checkpoint after every step, a metric line every 2. "cpu": the cpu preset's model and batch on generated
+    # images, 8 steps an epoch, on 2 threads, where a kernel whose parallel reduction order varied would show.
+    if size == "smoke":
+        config, per_epoch, lines = small(epochs=3, synthetic_size=160, checkpoint_minutes=0.0), 20, 13
+    else:
+        config, per_epoch, lines = make_config("cpu", dataset="synthetic", synthetic_size=8 * 128, epochs=2,
+                                               checkpoint_minutes=0.0, log_every=2), 8, 6
+    total = config.epochs * per_epoch
+    killed = tmp_path / "killed"
+    proc = spawn(config, killed, threads=threads)
+    wait_for_lines(killed, "step", lines, proc)  # into the second epoch
+    proc.kill()
+    proc.wait()
+    step = torch.load(killed / "checkpoint.pt", weights_only=False)["state"]["step"]
+    assert step % per_epoch and not (killed / "summary.json").exists()
+    resumed = spawn(config, killed, resume=True, threads=threads)
+    straight = spawn(dataclasses.replace(config, checkpoint_minutes=5.0), tmp_path / "straight", threads=threads)
+    out, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert f"resuming run {killed} at step {step} of {total} (epoch {step // per_epoch})" in out
+    assert straight.wait(timeout=300) == 0, straight.communicate()
+    assert_identical_runs(killed, tmp_path / "straight")
+
+
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     # One step per epoch (a checkpoint after every step); step 0 has lr 0 (warm-up), then a learning
     # rate so large that the weights blow up within a few steps.
     config = make_config("smoke", method="naive", synthetic_size=8, batch_size=8, epochs=200, warmup_epochs=1,
                          blr=1e6, norm_pix_loss=False)
-    with pytest.raises(NonFiniteLossError, match=r"non-finite by step \d+|at step \d+") as info:
+    with pytest.raises(NonFiniteLossError, match=r"(weights became non-finite|loss became \w+) at step \d+") as info:
         train(config, tmp_path, progress=False)
-    assert "last good checkpoint" in str(info.value)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    assert ckpt["state"]["step"] >= 1
     assert all(torch.isfinite(v).all() for v in ckpt["model"].values())
-    failed_step = int(str(info.value).split("step ")[1].split()[0])
-    assert ckpt["state"]["step"] <= failed_step + 1
+    failed, saved = int(str(info.value).split("at step ")[1].split()[0]), ckpt["state"]["step"]
+    assert saved == failed >= 1  # the checkpoint after the step before
+    assert f"at step {failed} (epoch {failed}) of run" in str(info.value)  # one step per epoch
+    assert (f"its last good checkpoint {tmp_path / 'checkpoint.pt'}, taken after step {saved - 1} "
+            f"(epoch {saved - 1}), is untouched") in str(info.value)
 
 
 # ------------------------------------------------------------------------------------ torchrun
@@ -253,7 +359,7 @@ def test_ensure_run_resumes_an_unfinished_run(tmp_path):
     config = small(epochs=6, synthetic_size=160)
     run = run_dir_for(config, tmp_path)
     proc = spawn(config, run)
-    wait_for_epochs(run, 1, proc)
+    wait_for_lines(run, "epoch", 1, proc)
     proc.kill()
     proc.wait()
     assert not (run / "summary.json").exists()
@@ -268,18 +374,39 @@ def test_ensure_run_resumes_an_unfinished_run(tmp_path):
     assert_identical_runs(run, tmp_path / "straight")
 
 
-def test_image_folder_run(tmp_path):
-    """The DataLoader path (ImageNet-style folders) trains and checkpoints like the device-resident one."""
+def image_folder(root):
+    """Two classes of 8 random images each, ImageNet's train/ layout."""
     from PIL import Image
     rng = np.random.default_rng(0)
     for c in ("a", "b"):
-        (tmp_path / "train" / c).mkdir(parents=True)
+        (root / c).mkdir(parents=True)
         for i in range(8):
-            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(tmp_path / "train" / c / f"{i}.png")
-    config = make_config("smoke", method="naive", dataset=f"imagefolder:{tmp_path / 'train'}", workers=0, epochs=2,
-                         batch_size=8)
+            Image.fromarray(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def test_image_folder_run(tmp_path):
+    """The DataLoader path (ImageNet-style folders) trains and checkpoints like the device-resident one."""
+    config = make_config("smoke", method="naive", dataset=f"imagefolder:{image_folder(tmp_path / 'train')}",
+                         workers=0, epochs=2, batch_size=8)
     summary = train(config, tmp_path / "run", progress=False)
     assert summary["steps"] == 4 and math.isfinite(summary["final"]["loss"])
+
+
+def test_image_folder_smaller_than_a_batch_or_with_a_corrupt_image_is_one_sentence(tmp_path, capsys):
+    folder = image_folder(tmp_path / "train")
+    args = ["pretrain", "--preset", "smoke", "--method", "naive", "--dataset", f"imagefolder:{folder}", "--no-progress"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--batch_size", "32", "--workers", "0", "--out", str(tmp_path / "small")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and f"image folder {folder} holds 16 images, fewer than one batch of 32" in err
+    assert not (tmp_path / "small").exists()
+    (folder / "a" / "3.png").write_bytes(b"not a png")
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--batch_size", "8", "--workers", "2", "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith(f"error: cannot read image {folder / 'a' / '3.png'}: ")
+    assert err.count("\n") == 1  # the sentence alone, not the worker's traceback
 
 
 def test_a_switch_at_its_default_value_names_the_same_run():

@@ -9,6 +9,16 @@
 Every Config (pretrain, record) or EvalConfig (evaluate) field is an option under its own name; `--help`
 shows each with the comment that documents the field and its default. torchrun works as it is:
 `torchrun --nproc_per_node 8 -m mixedae_core pretrain --preset imagenet --dataset imagefolder:/data/train`.
+
+Exit codes; every refusal is one paragraph on stderr that names the option or file and the fix, never a traceback:
+    0  done
+    1  pretrain, record: stopped by SIGTERM or SIGINT after writing a checkpoint (--resume continues it);
+       campaign: a run failed (its log is in the run cache's logs/); anything else: a bug, with its traceback
+    2  refused: an option or config value, a run directory that holds another run or a config that differs
+       from its checkpoint's, a damaged checkpoint, a missing, unreadable or too small dataset, an unknown
+       notebook prefix. A refused start writes nothing.
+    3  campaign, reproduce: the budget ran out before every run was recorded (the same command continues)
+    4  pretrain, record: the loss or the weights became non-finite (the message says which checkpoint is left)
 """
 import argparse
 import dataclasses
@@ -18,6 +28,7 @@ import typing
 
 from ..config import PRESETS, Config, EvalConfig, field_docs, make_config
 from ..data import DatasetError
+from ..runfiles import CheckpointError
 
 DEFAULT_PRESET = "cpu"
 
@@ -79,9 +90,9 @@ def field_overrides(parser, args, cls) -> dict:
         parser.error(str(err))
 
 
-def fail(err):
+def fail(err, code: int = 2):
     sys.stderr.write(f"error: {err}\n")
-    raise SystemExit(2)
+    raise SystemExit(code)
 
 
 def preset_option(parser):
@@ -103,7 +114,7 @@ def pretrain(argv):
         config = make_config(args.preset, **field_overrides(parser, args, Config))
     except ValueError as err:
         parser.error(str(err))
-    from ..train import RunExistsError, train
+    from ..train import NonFiniteLossError, RunExistsError, train
     from .provenance import stamp
     from .runs import ensure_run
     try:
@@ -111,8 +122,10 @@ def pretrain(argv):
             train(config, args.out, resume=args.resume, progress=not args.no_progress, stamp=stamp)
         else:
             print(ensure_run(config, progress=not args.no_progress))
-    except (RunExistsError, DatasetError) as err:
+    except (RunExistsError, DatasetError, CheckpointError) as err:
         fail(err)
+    except NonFiniteLossError as err:
+        fail(err, code=4)
 
 
 def evaluate(argv):
@@ -124,10 +137,13 @@ def evaluate(argv):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_fields(parser, EvalConfig, EvalConfig())
     args = parser.parse_args(argv)
-    ec = EvalConfig(**field_overrides(parser, args, EvalConfig))
+    try:
+        ec = EvalConfig(**field_overrides(parser, args, EvalConfig))
+    except ValueError as err:
+        parser.error(str(err))
     try:
         result = evaluate_run(args.run_dir, ec, args.device, progress=not args.no_progress)
-    except (FileNotFoundError, DatasetError, ValueError) as err:
+    except (FileNotFoundError, DatasetError, CheckpointError, ValueError) as err:
         fail(err)
     for name, scores in result["scores"].items():
         print(f"{name:12s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if not k.endswith("_images")))
@@ -148,13 +164,16 @@ def record(argv):
         make_config(args.preset, **overrides).validate()
     except ValueError as err:
         parser.error(str(err))
+    from ..train import NonFiniteLossError
     from .suite import Suite
     suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out,
                   notebook="record", progress=not args.no_progress)
     try:
         print(suite.record(**overrides))
-    except DatasetError as err:
+    except (DatasetError, CheckpointError) as err:
         fail(err)
+    except NonFiniteLossError as err:
+        fail(err, code=4)
 
 
 def suite_options(parser):

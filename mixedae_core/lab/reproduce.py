@@ -42,9 +42,11 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out_dir).resolve()
+    unmatched = [o for o in only or () if not any(n.startswith(o) for n in NOTEBOOKS)]
+    if unmatched:
+        raise ValueError(f"--only: no notebook starts with {', '.join(unmatched)}; "
+                         f"the notebooks are {', '.join(NOTEBOOKS)}")
     names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
-    if only and not names:
-        raise ValueError(f"--only {','.join(only)} matches no notebook of {', '.join(NOTEBOOKS)}")
     if not only:
         from .campaign import run_campaign
         result = run_campaign(preset, None, out, runs_root, device, workers, budget_s, progress=progress)

@@ -21,25 +21,13 @@ from ..train import CODE_VERSION, resolve_device, train
 from .provenance import REPO, provenance, stamp
 
 EVAL_VERSION = "3"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
-# Fields that change how a run is logged or fetched, not what it computes: left out of the run key.
-NOT_IN_RUN_KEY = ("download", "workers", "log_every")
 RECORD_FILES = (CONFIG, METRICS, SUMMARY, "eval.json")  # eval.json last: it marks a whole record
 
 
 # ------------------------------------------------------------------------------------------ run cache
-def device_type(device: str) -> str:
-    """'cpu' or 'cuda': what a run computes depends on the kind of device (fp32 vs bf16), not its index."""
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device.split(":")[0]
-
-
 def run_key(config: Config, code_version: str, fields=None) -> str:
     """A short hash of everything that determines a run's result (or of the named `fields` only)."""
-    fields = {k: v for k, v in config.canonical().to_dict().items()
-              if k not in NOT_IN_RUN_KEY and (fields is None or k in fields)}
-    if "device" in fields:
-        fields["device"] = device_type(fields["device"])
+    fields = {k: v for k, v in config.result_fields().items() if fields is None or k in fields}
     blob = json.dumps({"code": code_version, **fields}, sort_keys=True, default=list)
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
