@@ -339,6 +339,8 @@ def check_injected_parameters(notebook: str):
     declared = notebook_parameters(NOTEBOOK_DIR / f"{notebook}.ipynb", defaults=True)
     names = [t.id for node in ast.parse(injected[-1]).body if isinstance(node, ast.Assign)
              for t in node.targets if isinstance(t, ast.Name)]
+    # a refused parameter is the user's input, not a bug: its one sentence without the frames of this check
+    shell.InteractiveTB.set_mode(mode="Minimal")
     unknown = [n for n in names if n not in declared]
     if unknown:
         raise ValueError(f"notebook {notebook} has no parameter(s) {', '.join(unknown)}; it declares "
@@ -348,6 +350,7 @@ def check_injected_parameters(notebook: str):
         expected = PARAMETER_TYPES.get(name) or ((int, float) if isinstance(default, float) else type(default))
         if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(default, bool)):
             raise ValueError(f"notebook parameter {name} takes a value like its default {default!r}, got {value!r}")
+    shell.InteractiveTB.set_mode(mode="Context")  # IPython's default for the notebook's own errors
 
 
 def start(notebook: str, preset: str, seeds=None, device: str = "auto", out_dir: str = "results",
