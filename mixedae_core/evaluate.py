@@ -109,15 +109,17 @@ def attention_map(model: MixedAutoencoderViT, images: torch.Tensor, layer: int =
 def attention_region(attn: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
     """The patches that hold `mass` of each map's attention (DINO's masks): those at least as attended
     as the patch at which the mass, summed from the top, reaches `mass`. Ties at that value are all
-    kept, so a map that is uniform on an object selects exactly the object.
+    kept, so a map that is uniform on an object selects exactly the object. A map with no mass on any
+    patch ([CLS] attending to itself alone, to float precision) has an empty region.
     attn [B, grid, grid] (non-negative) -> bool [B, grid, grid]."""
     flat = attn.flatten(1)
-    flat = flat / flat.sum(1, keepdim=True)
+    total = flat.sum(1, keepdim=True)
+    flat = flat / total.clamp(min=torch.finfo(flat.dtype).tiny)
     values, _ = flat.sort(dim=1, descending=True)
     before = values.cumsum(1) - values  # mass of the patches ranked above each one
-    last = (before < mass).sum(1, keepdim=True) - 1  # rank of the patch that reaches the mass
+    last = ((before < mass).sum(1, keepdim=True) - 1).clamp(min=0)  # rank of the patch that reaches the mass
     threshold = values.gather(1, last)
-    return (flat >= threshold).view_as(attn)
+    return ((flat >= threshold) & (total > 0)).view_as(attn)
 
 
 # Datasets whose foreground is "pixel > 0" (Fashion-MNIST's background is exactly 0). On natural images

@@ -65,12 +65,13 @@ class ModelConfig:
     mix_ratio: float = 0.25           # r: share of positions one image fills; G = 1/r images per group
     mix_mode: str = "compose"         # compose (one sequence per group) | full (G sequences per group)
     seg_embed: str | None = None      # encoder | decoder | none; None = 'encoder' for mixedae
-    topk: int | None = None           # keys kept per patch query, [CLS] counted; None = rN + 1
+    topk: int | None = None           # keys kept per patch query; None = rN (+ 1 for a shared [CLS], which patches may read)
     homologous_layers: tuple[int, ...] | None = None  # encoder blocks with TopK attention; None = all
     hc_form: str = "attention"        # homologous loss on: attention (own-image attention mass) | features (SupCon)
     hc_weight: float = 1.0            # weight of the homologous loss in the total loss (docs/METHOD.md, section 6)
     hc_temperature: float = 0.1       # temperature of the SupCon loss (hc_form=features)
     hc_proj_dim: int = 128            # output width of the SupCon projection head (hc_form=features)
+    cls_per_image: bool = True        # mixing: each image has its own [CLS], which reads that image only, is read by no patch and starts only its decoder (False: one shared [CLS] per sequence, as a ViT's)
 
     def __post_init__(self):
         if self.homologous_layers is not None:
@@ -97,6 +98,22 @@ class ModelConfig:
         return self.mix_group_size if self.mixes else 1
 
     @property
+    def patch_keys(self) -> int:
+        """Keys a patch query may read in a mixed sequence: the N patches, plus the [CLS] when it is shared."""
+        return self.num_patches + (0 if self.cls_per_image else 1)
+
+    @property
+    def default_topk(self) -> int:
+        """rN: exactly an image's own patches (+ 1: a shared [CLS], which patches may read)."""
+        return self.patch_keys - self.num_patches + self.num_patches // self.mix_group_size
+
+    @property
+    def cls_tokens(self) -> int:
+        """[CLS] tokens at the start of every encoded sequence: G in compose mixing with `cls_per_image`
+        (one per image of the sequence), else 1."""
+        return self.group_size if self.mixes and self.mix_mode == "compose" and self.cls_per_image else 1
+
+    @property
     def resolved_seg_embed(self) -> str:
         if self.seg_embed is not None:
             return self.seg_embed
@@ -106,7 +123,7 @@ class ModelConfig:
     def resolved_topk(self) -> int | None:
         if self.method != "mixedae":
             return None
-        return self.topk if self.topk is not None else self.num_patches // self.group_size + 1
+        return self.topk if self.topk is not None else self.default_topk
 
     @property
     def resolved_homologous_layers(self) -> tuple[int, ...]:
@@ -127,9 +144,9 @@ class ModelConfig:
         return {"topk_acc_chance": (rN - 1) / (N - 1), "loss_hc_chance": chance, "loss_hc_perfect": perfect}
 
     def canonical(self):
-        """A copy with every MixedAE switch that equals its default set back to None, so that `topk=rN + 1`
+        """A copy with every MixedAE switch that equals its default set back to None, so that `topk=rN`
         and `topk=None` (and likewise seg_embed, homologous_layers) name the same model."""
-        defaults = {"topk": self.method == "mixedae" and self.topk == self.num_patches // self.group_size + 1,
+        defaults = {"topk": self.method == "mixedae" and self.topk == self.default_topk,
                     "seg_embed": self.seg_embed == ("encoder" if self.method == "mixedae" else "none"),
                     "homologous_layers": self.method == "mixedae" and self.homologous_layers == tuple(range(self.depth))}
         return dataclasses.replace(self, **{name: None for name, is_default in defaults.items() if is_default})
@@ -174,9 +191,8 @@ class ModelConfig:
         if self.num_patches % G:
             bad(f"{self.num_patches} patches cannot be split among G = {G} images; "
                 f"choose img_size/patch_size so that (img_size/patch_size)^2 is divisible by {G}")
-        tokens = self.num_patches + 1
-        if self.topk is not None and not 1 <= self.topk <= tokens:
-            bad(f"topk must be in [1, {tokens}] (tokens incl. [CLS]), got {self.topk}")
+        if self.topk is not None and not 1 <= self.topk <= self.patch_keys:
+            bad(f"topk must be in [1, {self.patch_keys}] (the keys a patch query may read), got {self.topk}")
         for i in self.homologous_layers or ():
             if not 0 <= i < self.depth:
                 bad(f"homologous_layers must index encoder blocks 0..{self.depth - 1}, got {i}")
@@ -231,27 +247,32 @@ class AttentionOut(NamedTuple):
 
 
 class TopKAttention(torch.autograd.Function):
-    """softmax(q k^T * scale) v where each patch query keeps only its `topk` largest logits ([CLS] query:
-    every key), and, given `same_image`, the attention-form homologous loss on the same logits: per patch
-    query and head, -log of the softmax mass over the other patch keys that falls on its own image's keys
-    (docs/METHOD.md, section 4.4). Mean over queries and heads.
+    """softmax(q k^T * scale) v over the keys `attn_mask` allows, where each patch query keeps only its `topk` largest logits
+    ([CLS] queries: every key), and, given `same_image`, the attention-form homologous loss on the same
+    logits: per patch query and head, -log of the softmax mass over the other patch keys that falls on its
+    own image's keys (docs/METHOD.md, section 4.4). Mean over queries and heads.
 
     One function with a written-out backward because at the widths where attention is a large share of the
     step, autograd's chain (masked fill, softmax, a second exp for the loss, their backwards) made MixedAE's
     step markedly slower than MAE's. The selection is discrete: no gradient flows through it.
-    q, k, v [B, H, T, Dh]; same_image [B, 1, T-1, T-1], 1.0 where two patches share a source image, else 0.
-    Returns (out [B, H, T, Dh], loss or None, probabilities, keep bias [B, H, T, T]: 0 kept, -inf dropped, or None).
+    q, k, v [B, H, T, Dh], the first `n_cls` tokens [CLS]; same_image [B, 1, N, N] over the N = T - n_cls
+    patches, 1.0 where two patches share a source image, else 0; attn_mask [B, 1, T, T] boolean (True:
+    allowed, as SDPA) or None. Returns (out [B, H, T, Dh], loss or None, probabilities, keep bias [B, H, T, T]: 0 kept, -inf
+    dropped, or None).
     """
 
     @staticmethod
     @torch.amp.custom_fwd(device_type="cuda")
-    def forward(ctx, q, k, v, scale: float, topk: int | None, same_image: torch.Tensor | None):
+    def forward(ctx, q, k, v, scale: float, topk: int | None, same_image: torch.Tensor | None,
+                attn_mask: torch.Tensor | None = None, n_cls: int = 1):
         T = q.shape[-2]
         logits = torch.matmul(q, k.transpose(-2, -1))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).mul_(scale)  # fp32 under autocast
+        if attn_mask is not None:
+            logits.masked_fill_(~attn_mask, float("-inf"))
         patch_exp = own_exp = loss = other_mass = own_mass = None
         if same_image is not None:
-            patch = logits[:, :, 1:, 1:]  # its own shift: a dominant [CLS] key must not underflow the patches
+            patch = logits[:, :, n_cls:, n_cls:]  # its own shift: a dominant [CLS] key must not underflow the patches
             patch_exp = (patch - patch.amax(-1, keepdim=True)).exp_()
             patch_exp.diagonal(dim1=-2, dim2=-1).zero_()  # attending to itself earns nothing
             own_exp = patch_exp * same_image
@@ -259,16 +280,16 @@ class TopKAttention(torch.autograd.Function):
             loss = (other_mass.log() - own_mass.log()).mean()
         keep_bias = None
         if topk is not None and topk < T:
-            kept = logits[:, :, 1:].topk(topk, dim=-1, sorted=False).indices
+            kept = logits[:, :, n_cls:].topk(topk, dim=-1, sorted=False).indices
             # 0 on kept keys, -inf on dropped ones: adding it is far cheaper on CPUs than a boolean masked_fill
             keep_bias = torch.full_like(logits, float("-inf"))
-            keep_bias[:, :, 0] = 0.0
-            keep_bias[:, :, 1:].scatter_(-1, kept, 0.0)
+            keep_bias[:, :, :n_cls] = 0.0
+            keep_bias[:, :, n_cls:].scatter_(-1, kept, 0.0)
             logits += keep_bias
         probs = torch.softmax(logits, dim=-1)
         out = torch.matmul(probs.to(v.dtype), v)
         ctx.save_for_backward(q, k, v, probs, patch_exp, own_exp, other_mass, own_mass)
-        ctx.scale = scale
+        ctx.scale, ctx.n_cls = scale, n_cls
         ctx.mark_non_differentiable(probs)
         return out, loss, probs, keep_bias
 
@@ -282,43 +303,44 @@ class TopKAttention(torch.autograd.Function):
         if patch_exp is not None and d_loss is not None:
             # d/dl_ij of log(other_mass_i) - log(own_mass_i) = e_ij / other_mass_i - [j own] e_ij / own_mass_i
             c = d_loss / other_mass.numel()
-            d_patch = d_logits[:, :, 1:, 1:]
+            d_patch = d_logits[:, :, ctx.n_cls:, ctx.n_cls:]
             d_patch.addcmul_(patch_exp, (c / other_mass).unsqueeze(-1))
             d_patch.addcmul_(own_exp, (-c / own_mass).unsqueeze(-1))
         d_logits = d_logits.mul_(ctx.scale).to(q.dtype)
         dq = torch.matmul(d_logits, k)
         dk = torch.matmul(d_logits.transpose(-2, -1), q)
-        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None
+        return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None
 
 
 class HomologousAttention(Attention):
     """timm `Attention` whose patch queries keep only their `topk` largest logits (homologous TopK).
 
     Parameter-free: the parameters are timm's (`qkv`, `proj`), so the weights load into a stock ViT.
-    `topk=None` is global attention (timm's own code path). The [CLS] query (token 0) always attends
-    globally. With `return_attention` (the probabilities and the selection) or `same_image` (the
-    attention-form homologous loss on this layer's logits) the forward returns an `AttentionOut`, as
-    DINO returns attention by argument.
+    `topk=None` is global attention (timm's own code path). The [CLS] queries (the first `n_cls` tokens)
+    keep every key `attn_mask` (boolean, True = allowed, as SDPA) allows. With `return_attention` (the
+    probabilities and the selection) or `same_image` (the attention-form homologous loss on this layer's
+    logits) the forward returns an `AttentionOut`, as DINO returns attention by argument.
     """
 
     def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False,
-                same_image: torch.Tensor | None = None):
-        if topk is not None and topk >= x.shape[1]:
-            topk = None  # keeps every key: global attention, timm's own path where nothing else is asked
+                same_image: torch.Tensor | None = None, n_cls: int = 1):
+        if topk is not None and topk >= x.shape[1] - n_cls + 1:
+            topk = None  # keeps every key a patch query may see: global attention, timm's own path
         if topk is None and not return_attention and same_image is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
-        if attn_mask is not None or is_causal or self.gate is not None or (self.training and self.attn_drop.p):
-            raise ValueError("HomologousAttention's TopK/attention-returning path supports neither attn_mask, "
-                             "is_causal, gated attention nor attention dropout")
+        if (attn_mask is not None and attn_mask.dtype != torch.bool) or is_causal or self.gate is not None \
+                or (self.training and self.attn_drop.p):
+            raise ValueError("HomologousAttention's TopK/attention-returning path supports neither an additive "
+                             "attn_mask, is_causal, gated attention nor attention dropout")
         B, T, _ = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
         q, k = self.q_norm(q), self.k_norm(k)
-        x, loss_hc, probs, keep_bias = TopKAttention.apply(q, k, v, self.scale, topk, same_image)
+        x, loss_hc, probs, keep_bias = TopKAttention.apply(q, k, v, self.scale, topk, same_image, attn_mask, n_cls)
         x = self.proj_drop(self.proj(self.norm(x.transpose(1, 2).reshape(B, T, self.attn_dim))))
         if not return_attention and same_image is None:
             return x
-        selection = None if keep_bias is None or not return_attention else keep_bias[:, :, 1:] == 0
+        selection = None if keep_bias is None or not return_attention else keep_bias[:, :, n_cls:] == 0
         return AttentionOut(x, probs if return_attention else None, selection, loss_hc)
 
 
@@ -329,9 +351,10 @@ class HomologousBlock(Block):
         super().__init__(*args, attn_layer=HomologousAttention, **kwargs)
 
     def forward(self, x, topk: int | None = None, return_attention: bool = False,
-                same_image: torch.Tensor | None = None):
+                same_image: torch.Tensor | None = None, attn_mask: torch.Tensor | None = None, n_cls: int = 1):
         """Returns (x, AttentionOut or None)."""
-        y = self.attn(self.norm1(x), topk=topk, return_attention=return_attention, same_image=same_image)
+        y = self.attn(self.norm1(x), attn_mask=attn_mask, topk=topk, return_attention=return_attention,
+                      same_image=same_image, n_cls=n_cls)
         extra = None
         if return_attention or same_image is not None:
             y, extra = y.x, y
@@ -340,17 +363,37 @@ class HomologousBlock(Block):
         return x, extra
 
 
+def per_image_cls_mask(src: torch.Tensor, cls_slot: torch.Tensor | None, n_cls: int) -> torch.Tensor:
+    """Boolean attention mask [E, 1, T, T] (True: allowed, as SDPA) that gives every image of a mixed sequence
+    its own [CLS]: a [CLS] query reads its own image's patches and itself; no patch query reads a [CLS];
+    patch-to-patch pairs are left to the attention.
+
+    src [E, N] source slot of every patch; the `n_cls` leading [CLS] tokens belong to slots 0..n_cls-1
+    (compose), or, with n_cls = 1, to `cls_slot` [E] (full: sequence j is image j's).
+    """
+    E = src.shape[0]
+    if n_cls > 1:
+        owner = torch.arange(n_cls, device=src.device).expand(E, -1)
+    else:
+        owner = cls_slot.view(E, 1)
+    token_src = torch.cat([owner, src], dim=1)  # [E, T]
+    is_cls = torch.arange(token_src.shape[1], device=src.device) < n_cls
+    cls_query, patch_key = is_cls.unsqueeze(1), ~is_cls.unsqueeze(0)
+    allowed = torch.where(cls_query, token_src.unsqueeze(2) == token_src.unsqueeze(1), patch_key)
+    return allowed.unsqueeze(1)
+
+
 def topk_accuracy(selection: torch.Tensor | None, src: torch.Tensor) -> torch.Tensor:
     """Share of the patch keys kept by patch queries that come from the query's own image.
 
     The query's own key is left out (a query nearly always keeps itself, which would lift the score
     above chance for free); chance is then (rN - 1) / (N - 1), about r.
-    selection [E, H, N, 1 + N] from `HomologousAttention` (None: K covers every token, nothing dropped).
+    selection [E, H, N, n_cls + N] from `HomologousAttention` (None: K covers every token, nothing dropped).
     """
     N = src.shape[1]
     others = ~torch.eye(N, dtype=torch.bool, device=src.device)
     same_src = ((src.unsqueeze(2) == src.unsqueeze(1)) & others).unsqueeze(1)  # [E, 1, N, N]
-    kept = others.expand_as(same_src) if selection is None else selection[..., 1:] & others
+    kept = others.expand_as(same_src) if selection is None else selection[..., -N:] & others
     return (kept & same_src).sum() / kept.sum().clamp(min=1)
 
 
@@ -362,7 +405,7 @@ def recognition_warnings(config: ModelConfig, loss_hc: float, topk_acc_layers) -
     if config.method != "mixedae":
         return []
     refs, out = config.recognition_references, []
-    selects = config.resolved_topk < config.num_patches + 1  # K = every token keeps all keys: chance by design
+    selects = config.resolved_topk < config.patch_keys  # K = every key keeps all: chance by design
     if topk_acc_layers and selects:
         mean = sum(topk_acc_layers) / len(topk_acc_layers)
         if mean < refs["topk_acc_chance"] + 0.1 * (1 - refs["topk_acc_chance"]):
@@ -461,15 +504,16 @@ class MixedAutoencoderViT(nn.Module):
         mask = torch.gather(mask, dim=1, index=ids_restore)
         return x_masked, mask, ids_restore
 
-    def encode(self, x, topk=None, return_attention=False, same_image=None):
-        """Run the encoder blocks on [E, T, D] tokens ([CLS] first), TopK in the homologous layers, which also
-        compute the attention-form homologous loss given `same_image` ([E, 1, N, N], see TopKAttention).
+    def encode(self, x, topk=None, return_attention=False, same_image=None, attn_mask=None, n_cls=1):
+        """Run the encoder blocks on [E, T, D] tokens (`n_cls` [CLS] first), TopK in the homologous layers,
+        which also compute the attention-form homologous loss given `same_image` ([E, 1, N, N], see
+        TopKAttention); `attn_mask` (boolean, [E, 1, T, T]) in every block.
         Returns (normalised tokens, per-block AttentionOut, or None where nothing was asked)."""
         homologous = self.config.resolved_homologous_layers
         extras = []
         for i, blk in enumerate(self.blocks):
             x, extra = blk(x, topk if i in homologous else None, return_attention,
-                           same_image if i in homologous else None)
+                           same_image if i in homologous else None, attn_mask, n_cls)
             extras.append(extra)
         return self.norm(x), extras
 
@@ -535,18 +579,23 @@ class MixedAutoencoderViT(nn.Module):
             mixed = mixed + F.embedding(src, self.seg_embed)  # its backward is cheaper than indexing's
         attention_loss = c.method == "mixedae" and c.hc_form == "attention" and c.hc_weight > 0
         same_image = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1).float() if attention_loss else None
-        latent, extras = self.encode(torch.cat([self._cls(mixed.shape[0]), mixed], dim=1), c.resolved_topk,
-                                     need_attention, same_image)
+        E, n_cls = mixed.shape[0], c.cls_tokens
+        slot = torch.arange(B, device=imgs.device) % G
+        cls_mask = per_image_cls_mask(src, slot if c.mix_mode == "full" else None,
+                                      n_cls) if c.cls_per_image else None
+        topk = c.resolved_topk if c.resolved_topk is not None and c.resolved_topk < c.patch_keys else None
+        latent, extras = self.encode(torch.cat([self._cls(E).expand(-1, n_cls, -1), mixed], dim=1),
+                                     topk, need_attention, same_image, cls_mask, n_cls)
 
         # Unmix: image b's decoder sequence holds its own encoded tokens and mask tokens elsewhere;
         # it never receives another image's patch tokens.
         y = self.decoder_embed(latent)[seq_of_image]
-        slot = torch.arange(B, device=imgs.device) % G
         visible = src[seq_of_image] == slot.unsqueeze(1)
-        tokens = torch.where(visible.unsqueeze(-1), y[:, 1:], self.mask_token.to(y.dtype))
+        tokens = torch.where(visible.unsqueeze(-1), y[:, n_cls:], self.mask_token.to(y.dtype))
         if seg == "decoder":
             tokens = tokens + visible.unsqueeze(-1) * self.seg_embed[slot].unsqueeze(1)
-        pred = self.decode(torch.cat([y[:, :1], tokens], dim=1))
+        own_cls = y[torch.arange(B, device=imgs.device), slot if n_cls > 1 else 0].unsqueeze(1)
+        pred = self.decode(torch.cat([own_cls, tokens], dim=1))
         mask = (~visible).float()  # not pred's dtype: under bf16 autocast the sums of a 0/1 mask round
         loss_rec, loss_per_image = reconstruction_loss(pred, target, mask)
 
@@ -554,7 +603,7 @@ class MixedAutoencoderViT(nn.Module):
         if attention_loss:
             loss_hc = torch.stack([extras[i].loss_hc for i in c.resolved_homologous_layers]).mean()
         elif self.hc_head is not None:
-            z = F.normalize(self.hc_head(latent[:, 1:]), dim=-1)
+            z = F.normalize(self.hc_head(latent[:, n_cls:]), dim=-1)
             loss_hc = homologous_contrastive_loss(z, src, c.hc_temperature)
         loss = loss_rec + c.hc_weight * loss_hc if c.method == "mixedae" else loss_rec
 

@@ -111,7 +111,8 @@ def topk_selection_figure(model: MixedAutoencoderViT, images: torch.Tensor, data
     src = out.src[0].view(grid, grid).cpu()
     query = int(torch.arange(c.num_patches)[out.src[0].cpu() == 0][0]) if query is None else query
     attn = out.attentions[layer][0]  # [H, T, T]
-    kept = (attn[:, 1 + query, 1:] > 0).float().mean(0).view(grid, grid).cpu()
+    n_cls = c.cls_tokens
+    kept = (attn[:, n_cls + query, n_cls:] > 0).float().mean(0).view(grid, grid).cpu()
     fig, axes = plt.subplots(1, 2, figsize=(5, 2.6))
     axes[0].imshow(src.numpy(), cmap="tab10", vmin=0, vmax=9)
     axes[0].set_title("source image of each position", fontsize=8)

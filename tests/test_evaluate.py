@@ -53,6 +53,9 @@ def test_attention_region_holds_the_asked_mass():
     assert attention_region(attn, 0.6).tolist() == [[[True, True], [False, False]]]
     assert attention_region(attn, 0.4).tolist() == [[[True, False], [False, False]]]
     assert attention_region(attn, 0.95).tolist() == [[[True, True], [True, False]]]
+    # a [CLS] that attends to itself alone leaves no mass on the patches: an empty region, not an error
+    both = attention_region(torch.stack([torch.zeros(2, 2), attn[0]]), 0.6)
+    assert both.tolist() == [[[False, False], [False, False]], [[True, True], [False, False]]]
 
 
 def test_attention_equal_to_the_mask_gives_iou_1():

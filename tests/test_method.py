@@ -11,7 +11,7 @@ from timm.models.vision_transformer import Attention
 from mixedae_core import ModelConfig, build_model, encoder_state_dict
 from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
-from mixedae_core.model import HomologousAttention, TopKAttention, topk_accuracy
+from mixedae_core.model import HomologousAttention, TopKAttention, per_image_cls_mask, topk_accuracy
 
 TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # N = 16 positions
@@ -263,7 +263,7 @@ def test_topk_accuracy_diagnostic():
     assert out.topk_acc.shape == (2,) and ((0 <= out.topk_acc) & (out.topk_acc <= 1)).all()
     # K = all tokens keeps every key: the accuracy is the share of same-source pairs among the other
     # patches, (rN - 1) / (N - 1) = 3 / 15.
-    everything = build_model(tiny("mixedae", topk=17)).eval()
+    everything = build_model(tiny("mixedae", topk=16)).eval()
     with torch.no_grad():
         out = everything(images(8), diagnostics=True)
     torch.testing.assert_close(out.topk_acc, torch.full((2,), 3 / 15))
@@ -285,8 +285,8 @@ def test_attention_maps_for_mixed_sequences_and_single_images():
     with torch.no_grad():
         out = model(images(8), return_attention=True)
         feats, single = model.forward_features(images(3), return_attention=True)
-    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 17, 17)
-    assert ((out.attentions[0][:, :, 1:] > 0).sum(-1) == 5).all()  # TopK: rN + 1 = 5 keys per patch query
+    assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 20, 20)  # G = 4 [CLS] + 16 patches
+    assert ((out.attentions[0][:, :, 4:] > 0).sum(-1) == 4).all()  # TopK: rN = 4 keys per patch query, no [CLS]
     assert len(single) == 2 and single[0].shape == (3, 2, 17, 17) and (single[0] > 0).all()  # global
     assert feats.shape == (3, 17, 32)
     with torch.no_grad():
@@ -300,7 +300,8 @@ def test_attention_maps_for_mixed_sequences_and_single_images():
     (dict(method="naive", mix_ratio=1.0), "mix_ratio"),
     (dict(method="naive", mix_ratio=1 / 3), "divisible"),        # 16 positions, G = 3
     (dict(method="mixedae", topk=0), "topk"),
-    (dict(method="mixedae", topk=18), "topk"),
+    (dict(method="mixedae", topk=17), "topk"),                     # 16 patch keys
+    (dict(method="mixedae", topk=18, cls_per_image=False), "topk"),  # 16 patches + the shared [CLS]
     (dict(method="mae", topk=5), "MixedAE switch"),
     (dict(method="naive", seg_embed="encoder"), "MixedAE switch"),
     (dict(method="mae", mix_mode="full"), "does not mix"),
@@ -332,8 +333,8 @@ def test_topk_only_in_homologous_layers():
     with torch.no_grad():
         out = model(images(8), return_attention=True, diagnostics=True)
     first, second = out.attentions
-    assert (first > 0).all()  # global
-    assert ((second[:, :, 1:] > 0).sum(-1) == 3).all()
+    assert (first[:, :, 4:, 4:] > 0).all()  # global between patches
+    assert ((second[:, :, 4:] > 0).sum(-1) == 3).all()
     assert out.topk_acc.shape == (1,)
 
 
@@ -437,13 +438,53 @@ def test_homologous_keys_that_dominate_the_logits_give_topk_accuracy_1():
     assert chance < 0.9
 
 
+def test_per_image_cls_mask_on_a_hand_worked_sequence():
+    """A [CLS] query reads its own image's patches and itself; a patch query reads every patch, no [CLS]."""
+    src = torch.tensor([[0, 1, 1, 0]])
+    allowed = per_image_cls_mask(src, None, 2)[0, 0].int()  # tokens: [CLS]0, [CLS]1, p0 (0), p1 (1), p2 (1), p3 (0)
+    assert allowed.tolist() == [[1, 0, 1, 0, 0, 1],
+                                [0, 1, 0, 1, 1, 0],
+                                [0, 0, 1, 1, 1, 1],
+                                [0, 0, 1, 1, 1, 1],
+                                [0, 0, 1, 1, 1, 1],
+                                [0, 0, 1, 1, 1, 1]]
+    full = per_image_cls_mask(src.expand(2, -1), torch.tensor([0, 1]), 1)[:, 0].int()  # one [CLS] per sequence
+    assert full[:, 0].tolist() == [[1, 1, 0, 0, 1], [1, 0, 1, 1, 0]]
+    assert (full[:, 1:, 0] == 0).all() and (full[:, 1:, 1:] == 1).all()
+
+
+@pytest.mark.parametrize("mode", ["compose", "full"])
+def test_with_perfect_selection_each_image_is_reconstructed_from_itself_alone(mode):
+    """docs/METHOD.md, section 7: with homologous attention that keeps exactly the query's own image in every
+    block, image g's prediction depends on image g alone, through the encoder and the decoder, because its
+    [CLS] is its own. A shared [CLS] (cls_per_image=False) carries the other images to it: the control."""
+    leaks = {}
+    for per_image in (True, False):
+        c = tiny("mixedae", embed_dim=32, num_heads=1, topk=4, mix_mode=mode, cls_per_image=per_image)
+        model = build_model(c).eval()
+        D = c.embed_dim
+        with torch.no_grad():
+            model.seg_embed.copy_(1e3 * torch.eye(c.group_size, D))  # orthogonal, dwarfing patch + position
+            model.cls_token.zero_()
+            for blk in model.blocks:  # q = k = v = the normed token: logits follow the segment embedding
+                blk.attn.qkv.weight.copy_(torch.eye(D).repeat(3, 1))
+                blk.attn.qkv.bias.zero_()
+        x = images(8).requires_grad_()
+        out = model(x, noise=torch.rand(2, 16, generator=torch.Generator().manual_seed(1)), diagnostics=True)
+        assert out.topk_acc.min().item() == 1.0  # the selection is perfect in every block
+        out.pred[1].sum().backward()  # image 1 (slot 1) shares its group with images 0, 2 and 3
+        leaks[per_image] = x.grad[[0, 2, 3]].abs().max().item()
+        assert x.grad[1].abs().max() > 0 and x.grad[4:].abs().max() == 0
+    assert leaks[True] == 0 and leaks[False] > 0
+
+
 def test_mixedae_without_its_parts_is_naive_mixing():
     """K = every token, no segment embedding, no homologous loss: MixedAE computes what naive mixing computes."""
     torch.manual_seed(0)
     naive = build_model(tiny("naive"))
     for form in ("attention", "features"):
         torch.manual_seed(0)
-        stripped = build_model(tiny("mixedae", topk=17, seg_embed="none", hc_weight=0.0, hc_form=form))
+        stripped = build_model(tiny("mixedae", topk=16, seg_embed="none", hc_weight=0.0, hc_form=form))
         x, noise = images(8), torch.rand(2, 16, generator=torch.Generator().manual_seed(3))
         a, b = naive(x, noise=noise), stripped(x, noise=noise)
         assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
@@ -459,5 +500,5 @@ def test_recognition_warnings_flag_chance_and_collapse_only():
     assert recognition_warnings(features, refs["loss_hc_perfect"], [0.9, 0.8]) == []
     assert recognition_warnings(tiny("naive"), 9.9, None) == []
     assert len(recognition_warnings(tiny("mixedae"), 0.1, [chance])) == 1  # attention form: loss fine, TopK not
-    # K = every token (N + 1 = 17) keeps all keys: TopK accuracy is chance by construction, not a fault
-    assert recognition_warnings(tiny("mixedae", topk=17), 0.1, [chance]) == []
+    # K = every key a patch may read (N = 16) keeps all: TopK accuracy is chance by construction, not a fault
+    assert recognition_warnings(tiny("mixedae", topk=16), 0.1, [chance]) == []

@@ -413,10 +413,10 @@ def test_a_switch_at_its_default_value_names_the_same_run():
     config = make_config("smoke", method="mixedae")
     rN = config.num_patches // config.group_size
     key = run_key(config, CODE_VERSION)
-    assert run_key(make_config("smoke", method="mixedae", topk=rN + 1), CODE_VERSION) == key
+    assert run_key(make_config("smoke", method="mixedae", topk=rN), CODE_VERSION) == key
     assert run_key(make_config("smoke", method="mixedae", seg_embed="encoder"), CODE_VERSION) == key
     assert run_key(make_config("smoke", method="mixedae", homologous_layers=(0, 1)), CODE_VERSION) == key
-    assert run_key(make_config("smoke", method="mixedae", topk=rN), CODE_VERSION) != key
+    assert run_key(make_config("smoke", method="mixedae", topk=rN + 1), CODE_VERSION) != key
     assert run_key(make_config("smoke", method="mixedae", seg_embed="decoder"), CODE_VERSION) != key
     assert run_key(make_config("smoke", method="mae", seg_embed="none"), CODE_VERSION) == \
         run_key(make_config("smoke", method="mae"), CODE_VERSION)

@@ -20,9 +20,10 @@ BENCH_CSV = REPO / "results" / "tables" / "bench.csv"
 
 
 def k_values(config) -> list[int]:
-    """Notebook 03's K values (keys incl. [CLS]): rN/2 + 1, the default rN + 1, 2rN + 1, N + 1 (global)."""
-    N, rN = config.num_patches, config.num_patches // config.group_size
-    return [rN // 2 + 1, rN + 1, 2 * rN + 1, N + 1]
+    """Notebook 03's K values: half the default, the default (rN, or rN + 1 with a shared [CLS]), default + rN,
+    and every key a patch query may read (global)."""
+    rN, default = config.num_patches // config.group_size, config.default_topk
+    return [default - rN // 2, default, default + rN, config.patch_keys]
 
 
 def planned_steps(config) -> int:
@@ -131,7 +132,7 @@ def drawn_runs(notebook: str | None, seeds) -> list[dict]:
 
 def planned_runs(config, seeds, canonical) -> list[dict]:
     """Every run of every notebook once, headline first. `canonical(overrides)` names a run (two overrides
-    that make the same config, e.g. topk=None and topk=rN + 1, are one run)."""
+    that make the same config, e.g. topk=None and topk=rN, are one run)."""
     plan, seen = [], set()
     for notebook in ("01_naive_mixing_vs_mae", *EXPERIMENTS):
         for run in EXPERIMENTS[notebook].runs(config, seeds):
