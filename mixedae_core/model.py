@@ -247,18 +247,18 @@ class AttentionOut(NamedTuple):
 
 
 class TopKAttention(torch.autograd.Function):
-    """softmax(q k^T * scale) v over the keys `attn_mask` allows, where each patch query keeps only its `topk` largest logits
-    ([CLS] queries: every key), and, given `same_image`, the attention-form homologous loss on the same
-    logits: per patch query and head, -log of the softmax mass over the other patch keys that falls on its
-    own image's keys (docs/METHOD.md, section 4.4). Mean over queries and heads.
+    """softmax(q k^T * scale) v over the keys `attn_mask` allows, where each patch query keeps only its `topk`
+    largest logits ([CLS] queries: every key), and, given `same_image`, the attention-form homologous loss
+    on the same logits: per patch query and head, -log of the softmax mass over the other patch keys that
+    falls on its own image's keys (docs/METHOD.md, section 4.4). Mean over queries and heads.
 
     One function with a written-out backward because at the widths where attention is a large share of the
     step, autograd's chain (masked fill, softmax, a second exp for the loss, their backwards) made MixedAE's
     step markedly slower than MAE's. The selection is discrete: no gradient flows through it.
     q, k, v [B, H, T, Dh], the first `n_cls` tokens [CLS]; same_image [B, 1, N, N] over the N = T - n_cls
     patches, 1.0 where two patches share a source image, else 0; attn_mask [B, 1, T, T] boolean (True:
-    allowed, as SDPA) or None. Returns (out [B, H, T, Dh], loss or None, probabilities, keep bias [B, H, T, T]: 0 kept, -inf
-    dropped, or None).
+    allowed, as SDPA) or None. Returns (out [B, H, T, Dh], loss or None, probabilities, keep bias
+    [B, H, T, T]: 0 kept, -inf dropped, or None).
     """
 
     @staticmethod
@@ -325,7 +325,7 @@ class HomologousAttention(Attention):
     def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False,
                 same_image: torch.Tensor | None = None, n_cls: int = 1):
         if topk is not None and topk >= x.shape[1] - n_cls + 1:
-            topk = None  # keeps every key a patch query may see: global attention, timm's own path
+            topk = None  # keeps every patch key and a [CLS]: global attention, timm's own path
         if topk is None and not return_attention and same_image is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if (attn_mask is not None and attn_mask.dtype != torch.bool) or is_causal or self.gate is not None \
