@@ -324,8 +324,8 @@ class HomologousAttention(Attention):
 
     def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False,
                 same_image: torch.Tensor | None = None, n_cls: int = 1):
-        if topk is not None and topk >= x.shape[1] - n_cls + 1:
-            topk = None  # keeps every patch key and a [CLS]: global attention, timm's own path
+        if topk is not None and topk >= x.shape[1]:
+            topk = None  # keeps every key: global attention, timm's own path where nothing else is asked
         if topk is None and not return_attention and same_image is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if (attn_mask is not None and attn_mask.dtype != torch.bool) or is_causal or self.gate is not None \
@@ -583,6 +583,7 @@ class MixedAutoencoderViT(nn.Module):
         slot = torch.arange(B, device=imgs.device) % G
         cls_mask = per_image_cls_mask(src, slot if c.mix_mode == "full" else None,
                                       n_cls) if c.cls_per_image else None
+        # K >= every key a patch query may read selects nothing: global attention (the mask still applies)
         topk = c.resolved_topk if c.resolved_topk is not None and c.resolved_topk < c.patch_keys else None
         latent, extras = self.encode(torch.cat([self._cls(E).expand(-1, n_cls, -1), mixed], dim=1),
                                      topk, need_attention, same_image, cls_mask, n_cls)
