@@ -3,11 +3,13 @@
     python benchmarks/bench.py [--device cuda|cpu] [--out results/tables/bench.csv] [--compile]
 
 1. The preset model of the device (`gpu` preset on CUDA, `cpu` preset on a CPU) at its preset batch: one
-   full training step (forward, backward, AdamW; bf16 autocast on CUDA; data already on the device) of
-   MAE, naive mixing, MixedAE compose and full, alternated step by step so that drift hits all alike.
-   img/s, median step time, ratio to MAE (the median over rounds of the two steps' ratio), peak memory
-   (CUDA: max allocated; CPU: peak RSS of a process that runs one step of that method alone).
-2. ViT-B/16 at 224 px (the paper's model), MAE and MixedAE: FLOPs of one step counted by torch's
+   full training step (forward, backward, AdamW; data already on the device) of MAE, naive mixing, MixedAE
+   compose and full, in fp32 and in bf16 autocast, all alternated step by step so that drift hits all alike.
+   img/s, median step time, ratio to MAE in the same precision and to the same method in fp32 (medians over
+   rounds of the two steps' ratio), peak memory (CUDA: max allocated; CPU: peak RSS of a process that runs
+   one step of that method alone). `preset_path` marks the precision the preset trains in on this device
+   (config.native_precision).
+2. ViT-B/16 at 224 px (the paper's model), MAE and MixedAE, in the preset's precision: FLOPs of one step counted by torch's
    FlopCounterMode (forward + backward, as executed), divided by the median step time, over the
    device's dense bf16 peak (known GPUs only; none for CPUs): the model FLOP utilisation.
 
@@ -27,13 +29,14 @@ import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mixedae_core.config import make_config
+from mixedae_core.config import PRECISIONS, make_config
 from mixedae_core.lab.provenance import REPO, provenance
 from mixedae_core.lab.reproduce import write_readme
 from mixedae_core.lab.timing import TimedStep, alternated_rounds, bench_key, paired_ratio
 
 VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
             "mixedae_full": dict(method="mixedae", mix_mode="full")}
+DTYPE = {"fp32": "fp32", "bf16": "bf16 autocast"}
 VIT_B = dict(img_size=224, patch_size=16, in_chans=3, embed_dim=768, depth=12, num_heads=12,
              decoder_embed_dim=512, decoder_depth=8, decoder_num_heads=16)
 # Dense bf16 tensor-core peaks from the vendors' data sheets (no sparsity), FLOP/s; matched as whole words
@@ -109,29 +112,30 @@ def main():
     preset = "gpu" if cuda else "cpu"
     base = make_config(preset, device=device.type)
     batch = base.batch_size
-    dtype = "bf16 autocast" if cuda else "fp32"
-    common = {**provenance(device), "dtype": dtype, "compiled": args.compile}
+    common = {**provenance(device), "compiled": args.compile}
     rows = []
 
-    configs = {name: dataclasses.replace(base, **v) for name, v in VARIANTS.items()}
-    stepper = {name: TimedStep(c, batch, device, args.compile) for name, c in configs.items()}
+    configs = {(name, precision): dataclasses.replace(base, precision=precision, **v)
+               for precision in PRECISIONS for name, v in VARIANTS.items()}
+    stepper = {key: TimedStep(c, batch, device, args.compile) for key, c in configs.items()}
     rounds = alternated_rounds(stepper, steps, warmup)
-    medians = {name: statistics.median(ts) for name, ts in rounds.items()}
-    for name, c in configs.items():
-        memory, memory_kind = peak_memory_mib(c, batch, device, stepper[name])
-        rows.append({"benchmark": f"{preset} preset model", "model_key": bench_key(base), "variant": name,
-                     "batch": batch, "steps": steps,
-                     "img_per_s": batch / medians[name], "step_ms": 1e3 * medians[name],
-                     "ratio_to_mae": paired_ratio(rounds, name, "mae"), "peak_memory_mib": memory,
-                     "memory_kind": memory_kind})
-        print(f"{preset} model {name:13s} {batch / medians[name]:9.0f} img/s  {1e3 * medians[name]:8.1f} ms  "
-              f"{paired_ratio(rounds, name, 'mae'):.2f}x MAE  peak {memory:8.0f} MiB ({memory_kind})", flush=True)
+    for (name, precision), c in configs.items():
+        median = statistics.median(rounds[name, precision])
+        memory, memory_kind = peak_memory_mib(c, batch, device, stepper[name, precision])
+        to_mae, to_fp32 = paired_ratio(rounds, (name, precision), ("mae", precision)), \
+            paired_ratio(rounds, (name, precision), (name, "fp32"))
+        rows.append({"benchmark": f"{preset} preset model", "model_key": bench_key(c), "variant": name,
+                     "dtype": DTYPE[precision], "preset_path": precision == base.precision, "batch": batch,
+                     "steps": steps, "img_per_s": batch / median, "step_ms": 1e3 * median, "ratio_to_mae": to_mae,
+                     "ratio_to_fp32": to_fp32, "peak_memory_mib": memory, "memory_kind": memory_kind})
+        print(f"{preset} model {name:13s} {precision} {batch / median:9.0f} img/s  {1e3 * median:8.1f} ms  "
+              f"{to_mae:.2f}x MAE  {to_fp32:.2f}x fp32  peak {memory:8.0f} MiB ({memory_kind})", flush=True)
     del stepper
 
     if not args.skip_vit_b:
         vit_batch, vit_steps = (128, steps) if cuda else (4, 2)
-        vit_configs = {name: make_config("imagenet", device=device.type, **VARIANTS[name], **VIT_B)
-                       for name in ("mae", "mixedae")}
+        vit_configs = {name: make_config("imagenet", device=device.type, precision=base.precision,
+                                         **VARIANTS[name], **VIT_B) for name in ("mae", "mixedae")}
         vit = {name: TimedStep(c, vit_batch, device, args.compile) for name, c in vit_configs.items()}
         rounds = alternated_rounds(vit, vit_steps, 2 if cuda else 1)
         medians = {name: statistics.median(ts) for name, ts in rounds.items()}
@@ -139,7 +143,8 @@ def main():
         for name, step in vit.items():
             flops = count_flops(step if not args.compile else TimedStep(vit_configs[name], vit_batch, device))
             achieved = flops / medians[name]
-            rows.append({"benchmark": "ViT-B/16 224 px", "variant": name, "batch": vit_batch, "steps": vit_steps,
+            rows.append({"benchmark": "ViT-B/16 224 px", "variant": name, "dtype": DTYPE[base.precision],
+                         "preset_path": True, "batch": vit_batch, "steps": vit_steps,
                          "img_per_s": vit_batch / medians[name], "step_ms": 1e3 * medians[name],
                          "ratio_to_mae": paired_ratio(rounds, name, "mae"), "tflop_per_step": flops / 1e12,
                          "achieved_tflops": achieved / 1e12, "peak_tflops": peak / 1e12 if peak else None,

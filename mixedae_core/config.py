@@ -19,10 +19,20 @@ from .model import ModelConfig, at_least, check_finite
 # Fields that change how a run is logged, fetched or checkpointed, not what it computes: they are left out of
 # the run key, and a run may be resumed with other values of them.
 NOT_IN_RUN_KEY = ("download", "workers", "log_every", "checkpoint_minutes")
+PRECISIONS = ("fp32", "bf16")  # what a run computes in; "auto" is resolved to one of them (native_precision)
+
+
+def native_precision(device: str) -> str:
+    """bf16 where the device multiplies bf16 natively, else fp32. A CPU without AVX512-BF16 or AMX emulates bf16
+    matmuls: measured on an AVX2-only CPU, a bf16 matmul of the cpu preset's shape took 43x its fp32 time and the
+    training step 13x (docs/METHOD.md, "Precision")."""
+    if device_type(device) == "cuda":
+        return "bf16"
+    return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "fp32"
 
 
 def device_type(device: str) -> str:
-    """'cpu' or 'cuda': what a run computes depends on the kind of device (fp32 vs bf16), not its index."""
+    """'cpu' or 'cuda': what a run computes depends on the kind of device (its kernels), not its index."""
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device.split(":")[0]
@@ -48,9 +58,15 @@ class Config(ModelConfig):
     beta2: float = 0.95               # AdamW beta2 (MAE's)
     seed: int = 0                     # init, batch order, augmentation and masking/mixing noise
     device: str = "auto"              # auto (cuda when available, else cpu) | cpu | cuda | cuda:N
+    precision: str = "fp32"           # fp32 | bf16 (autocast: matmuls in bf16; softmax, norms, losses, weights fp32) | auto: bf16 where the device multiplies bf16 natively (CUDA; CPUs with AVX512-BF16 or AMX), else fp32; resolved when the config is made
     workers: int = 8                  # DataLoader workers (imagefolder only)
     log_every: int = 50               # steps between metric lines (and TopK-accuracy diagnostics)
     checkpoint_minutes: float = 5.0   # minutes between checkpoints inside an epoch (each epoch also ends with one)
+
+    def __post_init__(self):
+        if self.precision == "auto":
+            self.precision = native_precision(self.device)
+        super().__post_init__()
 
     @property
     def lr(self) -> float:
@@ -92,6 +108,8 @@ class Config(ModelConfig):
                 f"{self.accum_steps} x {self.group_size}")
         if self.warmup_epochs > self.epochs:
             bad(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
+        if self.precision not in PRECISIONS:
+            bad(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
@@ -102,6 +120,8 @@ class Config(ModelConfig):
         """The fields that decide what the run computes: canonical values, NOT_IN_RUN_KEY left out, the
         device as its kind."""
         fields = {k: v for k, v in self.canonical().to_dict().items() if k not in NOT_IN_RUN_KEY}
+        if fields["precision"] == "fp32":  # the default, which every run before the switch existed computed in
+            del fields["precision"]
         return {**fields, "device": device_type(fields["device"])}
 
 
@@ -162,7 +182,7 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         # 18 MAE runs, 18 x 10 epochs x 60k images / 30k img/s = 360 s. benchmarks/side_by_side.py measures it.
         train=dict(dataset="fashion-mnist", img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=12,
                    num_heads=3, decoder_embed_dim=128, decoder_depth=4, decoder_num_heads=4,
-                   epochs=10, batch_size=512, blr=5e-4, warmup_epochs=1, log_every=20, device="cuda"),
+                   epochs=10, batch_size=512, blr=5e-4, warmup_epochs=1, log_every=20, device="cuda", precision="bf16"),
         eval=EvalConfig(batch_size=2000, pretext_images=2048), seeds=(0, 1, 2), title="Headline: GPU preset",
         note="GPU preset: the scale at which the paper's effects can exceed seed noise."),
     "cpu": Preset(
@@ -172,7 +192,7 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         # 0.93. 3e-3 wrecks MixedAE's [CLS], so 2e-3. `make reproduce` trains 20 runs (the headline's 3 seeds, one
         # seed per ablation), 2 side by side: each trains in 3-4 min and evaluates in about 1 min on 2 cores.
         train=dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, epochs=1, batch_size=128,
-                   blr=2e-3, warmup_epochs=0.1, log_every=25, device="cpu"),
+                   blr=2e-3, warmup_epochs=0.1, log_every=25, device="cpu", precision="auto"),
         eval=EvalConfig(train_subset=5000, test_subset=1000), seeds=(0, 1, 2),
         title="CPU preset (a demonstration of the pipeline, not evidence)",
         note="CPU preset: a runnable demonstration of the pipeline on a 2-core machine. Each model trains for "
@@ -190,7 +210,8 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         train=dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,
                    embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
                    decoder_num_heads=16, epochs=800, batch_size=4096, accum_steps=8, blr=1.5e-4,
-                   warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100, device="cuda"),
+                   warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100, device="cuda",
+                   precision="bf16"),
         eval=EvalConfig(), seeds=(0,), title="ImageNet preset"),
 }
 

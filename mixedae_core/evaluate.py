@@ -314,7 +314,7 @@ def dependence_scores(model: MixedAutoencoderViT, anchors: torch.Tensor, neighbo
 # ------------------------------------------------------------------------------------------ fine-tuning
 def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDataset, epochs: int = 10,
              batch_size: int = 256, blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
-             progress: bool = False) -> float:
+             precision: str = "bf16", progress: bool = False) -> float:
     """Short end-to-end fine-tuning (for GPU presets): the encoder as a stock timm ViT (global attention)
     with a linear head on [CLS], AdamW with warm-up + cosine, RandomResizedCrop + flip. Returns top-1."""
     device = next(model.parameters()).device
@@ -336,7 +336,7 @@ def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDatas
             x = random_resized_crop_flip(normalize(train.images[idx].to(device), train.name), c.img_size, g)
             for group in opt.param_groups:
                 group["lr"] = float(lrs[step])
-            with autocast(device):
+            with autocast(device, precision):
                 loss = F.cross_entropy(vit(x), train.labels[idx].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -268,8 +268,8 @@ class TopKAttention(torch.autograd.Function):
         T = q.shape[-2]
         logits = torch.matmul(q, k.transpose(-2, -1))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32)).mul_(scale)  # fp32 under autocast
-        if attn_mask is not None:
-            logits.masked_fill_(~attn_mask, float("-inf"))
+        if attn_mask is not None:  # as an additive bias over the heads: far cheaper than a broadcast masked_fill
+            logits += torch.zeros(attn_mask.shape, device=logits.device).masked_fill_(~attn_mask, float("-inf"))
         patch_exp = own_exp = loss = other_mass = own_mass = None
         if same_image is not None:
             patch = logits[:, :, n_cls:, n_cls:]  # its own shift: a dominant [CLS] key must not underflow the patches

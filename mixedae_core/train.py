@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -73,11 +74,16 @@ def distributed_context(config: Config):
     return rank, world, device
 
 
-def autocast(device: torch.device):
-    """bf16 autocast on CUDA; fp32 on CPU (measured there: bf16 autocast made the step slower)."""
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast(device: torch.device, precision: str) -> contextlib.ExitStack:
+    """The forward's precision context: bf16 autocast, or nothing for fp32. On a CPU the attention runs on
+    SDPA's math backend under bf16: the fused CPU kernel's bf16 backward made the whole step slower than fp32's
+    (docs/METHOD.md, "Precision")."""
+    stack = contextlib.ExitStack()
+    if precision == "bf16":
+        stack.enter_context(torch.autocast(device.type, dtype=torch.bfloat16))
+        if device.type == "cpu":
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+    return stack
 
 
 # ------------------------------------------------------------------------------------- schedule, optimiser
@@ -108,7 +114,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, betas
 
 class TrainStep:
     """One optimizer step of a pre-training model: forward and backward over the micro-batches of a
-    global batch (bf16 autocast on CUDA), AdamW. Training, the timing of methods and the benchmarks all
+    global batch (in the config's precision), AdamW. Training, the timing of methods and the benchmarks all
     step through this one class, so they time what trains."""
 
     def __init__(self, model, config: Config, ddp: DistributedDataParallel | None = None,
@@ -129,7 +135,7 @@ class TrainStep:
             last = i == len(micro_batches) - 1
             no_sync = self.forward.no_sync if isinstance(self.forward, DistributedDataParallel) and not last \
                 else contextlib.nullcontext
-            with no_sync(), autocast(self.device):
+            with no_sync(), autocast(self.device, self.config.precision):
                 out = self.forward(images, noise=noise, diagnostics=diagnostics and self.config.method == "mixedae")
             (out.loss / len(micro_batches)).backward()
             values = {k: getattr(out, k).detach().float() for k in LOSSES}

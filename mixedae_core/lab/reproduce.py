@@ -146,14 +146,18 @@ def _bench_section(out: Path) -> list[str]:
     df = pd.read_csv(path)
     lines = ["## Benchmarks (`make bench`)", "",
              "Training step (forward, backward, AdamW) on on-device data; ViT-B/16 MFU from FLOPs counted by "
-             "torch's FlopCounterMode over the device's dense bf16 peak (none for CPUs).", "",
-             "| device | model | variant | batch | img/s | x MAE step time | peak memory (MiB) | MFU | commit, date |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "torch's FlopCounterMode over the device's dense bf16 peak (none for CPUs). Step-time ratios are "
+             "medians of per-round ratios within one run; ✓ marks the precision the preset trains in on that device.", "",
+             "| device | model | variant | batch | img/s | x MAE step time | x fp32 step time | peak memory (MiB) | MFU | "
+             "commit, date |", "|---|---|---|---|---|---|---|---|---|---|"]
     for _, r in df.iterrows():
         memory = "–" if pd.isna(r.get("peak_memory_mib")) else f"{r['peak_memory_mib']:.0f} ({r['memory_kind']})"
         mfu = "–" if pd.isna(r.get("mfu")) else f"{100 * r['mfu']:.1f} %"
-        lines.append(f"| {r['device']} ({r['dtype']}) | {r['benchmark']} | {r['variant']} | {r['batch']} | "
-                     f"{r['img_per_s']:.1f} | {r['ratio_to_mae']:.2f} | {memory} | {mfu} | {r['commit']}, {r['date'][:10]} |")
+        to_fp32 = "–" if pd.isna(r.get("ratio_to_fp32")) else f"{r['ratio_to_fp32']:.2f}"
+        path_mark = " ✓" if not pd.isna(r.get("preset_path")) and bool(r["preset_path"]) else ""
+        lines.append(f"| {r['device']} ({r['dtype']}{path_mark}) | {r['benchmark']} | {r['variant']} | {r['batch']} | "
+                     f"{r['img_per_s']:.1f} | {r['ratio_to_mae']:.2f} | {to_fp32} | {memory} | {mfu} | "
+                     f"{r['commit']}, {r['date'][:10]} |")
     return lines + [""]
 
 

@@ -14,7 +14,7 @@ from .runs import run_key
 
 # What a step's time depends on besides the method: the model's shape, the batch and the kind of device.
 BENCH_KEY_FIELDS = tuple(f.name for f in dataclasses.fields(ModelConfig) if f.name not in ("method", "mix_mode")) \
-    + ("batch_size", "device")
+    + ("batch_size", "device", "precision")
 
 
 def bench_key(config: Config) -> str:
