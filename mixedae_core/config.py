@@ -23,9 +23,8 @@ PRECISIONS = ("fp32", "bf16")  # what a run computes in; "auto" is resolved to o
 
 
 def native_precision(device: str) -> str:
-    """bf16 where the device multiplies bf16 natively, else fp32. A CPU without AVX512-BF16 or AMX emulates bf16
-    matmuls: measured on an AVX2-only CPU, a bf16 matmul of the cpu preset's shape took 43x its fp32 time and the
-    training step 13x (docs/METHOD.md, "Precision")."""
+    """bf16 where the device multiplies bf16 natively, else fp32: a CPU without AVX512-BF16 or AMX emulates bf16
+    matmuls, many times slower than fp32's (docs/METHOD.md, "Precision")."""
     if device_type(device) == "cuda":
         return "bf16"
     return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "fp32"
