@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import NORMALIZATION, dataset_channels
-from .model import ModelConfig, at_least, check_finite
+from .model import ModelConfig, at_least, at_most, check_finite
 
 # Fields that change how a run is logged, fetched or checkpointed, not what it computes: they are left out of
 # the run key, and a run may be resumed with other values of them.
@@ -85,7 +85,7 @@ class Config(ModelConfig):
         if kind not in NORMALIZATION:
             bad(f"dataset must be one of fashion-mnist, cifar10, cifar100, stl10, synthetic, imagefolder:PATH; "
                 f"got {self.dataset!r}")
-        if kind == "imagefolder" and not self.dataset.split(":", 1)[1:]:
+        if kind == "imagefolder" and not self.dataset.partition(":")[2].strip():
             bad("imagefolder needs a path: --dataset imagefolder:/path/to/train")
         if kind != "synthetic" and dataset_channels(kind) != self.in_chans:
             bad(f"{kind} images have {dataset_channels(kind)} channel(s): set in_chans={dataset_channels(kind)}")
@@ -96,7 +96,9 @@ class Config(ModelConfig):
         check_finite(self, Config, bad)
         at_least(self, ("epochs", "max_steps", "batch_size", "accum_steps", "log_every", "synthetic_size",
                         "train_subset"), 1, bad)
-        at_least(self, ("min_lr", "weight_decay", "warmup_epochs", "workers", "checkpoint_minutes"), 0, bad)
+        at_least(self, ("min_lr", "weight_decay", "warmup_epochs", "workers", "checkpoint_minutes", "seed"), 0, bad)
+        at_most(self, {"epochs": 10_000, "max_steps": 10 ** 9, "synthetic_size": 1_000_000, "batch_size": 2 ** 20,
+                       "accum_steps": 2 ** 20, "seed": 2 ** 32 - 1, "workers": 256}, bad)
         if self.blr <= 0:
             bad(f"blr must be > 0, got {self.blr}")
         for name in ("beta1", "beta2"):
@@ -166,6 +168,7 @@ class Preset:
     seeds: tuple[int, ...]            # the seeds of the notebooks' headline comparisons
     title: str                        # its section heading in results/README.md
     note: str = ""                    # what its numbers can and cannot show, under that heading
+    committed: bool = True            # its results belong in the committed results/README.md (a check's do not)
 
 
 # MLP ratio 2 and one decoder block: at width 128 the MLPs and the 65-token decoder are most of the step.
@@ -203,7 +206,8 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
                    depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
                    epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu"),
         eval=EvalConfig(batch_size=64, probe_max_iter=50), seeds=(0, 1, 2),
-        title="Smoke preset (functional check)", note="Smoke preset: functional check only; the numbers mean nothing."),
+        title="Smoke preset (functional check)", note="Smoke preset: functional check only; the numbers mean nothing.",
+        committed=False),
     "imagenet": Preset(
         # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs.
         train=dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,

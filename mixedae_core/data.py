@@ -208,12 +208,16 @@ class CheckedImageFolder(ImageFolder):
 
     def __init__(self, root: str, transform):
         if not Path(root).is_dir():
-            raise DatasetError(f"image folder {root} does not exist: give imagefolder:PATH with PATH holding "
+            what = "is a file, not a folder" if Path(root).exists() else "does not exist"
+            raise DatasetError(f"image folder {root} {what}: give imagefolder:PATH with PATH holding "
                                "one sub-folder per class (ImageNet's train/ layout)")
         try:
             super().__init__(root, transform=transform)
         except (FileNotFoundError, RuntimeError) as err:
             raise DatasetError(f"image folder {root} holds no images in class sub-folders ({err})") from None
+        empty = [path for path, _ in self.samples if os.path.getsize(path) == 0]  # a stat each: cheap up front
+        if empty:
+            raise DatasetError(f"image folder {root} holds {len(empty)} empty file(s), e.g. {empty[0]}: remove them")
 
     def __getitem__(self, index):
         path = self.samples[index][0]

@@ -41,6 +41,15 @@ def at_least(config, names, minimum, bad):
             bad(f"{name} must be >= {minimum}, got {value}")
 
 
+def at_most(config, limits: dict, bad):
+    """Each named field is None or <= its limit: values past them would allocate beyond any machine's memory
+    (or overflow a generator's seed) before failing."""
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if value is not None and value > limit:
+            bad(f"{name} must be <= {limit:,}, got {value:,}")
+
+
 @dataclass
 class ModelConfig:
     """Every model switch. MAE sizes use the official MAE constructor's keyword names.
@@ -159,12 +168,16 @@ class ModelConfig:
         at_least(self, ("img_size", "patch_size", "in_chans", "embed_dim", "num_heads", "decoder_embed_dim",
                         "decoder_num_heads", "hc_proj_dim"), 1, bad)
         at_least(self, ("depth", "decoder_depth", "hc_weight"), 0, bad)  # no blocks: a patch-wise model
+        at_most(self, {"img_size": 4096, "in_chans": 64, "embed_dim": 8192, "decoder_embed_dim": 8192, "depth": 256,
+                       "decoder_depth": 256, "hc_proj_dim": 8192, "mlp_ratio": 64}, bad)
         if self.mlp_ratio <= 0:
             bad(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
         if self.method not in METHODS:
             bad(f"method must be one of {METHODS}, got {self.method!r}")
         if self.img_size % self.patch_size:
             bad(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+        if self.num_patches > 4096:  # attention memory grows with its square
+            bad(f"(img_size / patch_size)^2 = {self.num_patches} patches; at most 4096: raise patch_size")
         if self.embed_dim % self.num_heads or self.decoder_embed_dim % self.decoder_num_heads:
             bad("embed_dim must be divisible by num_heads and decoder_embed_dim by decoder_num_heads")
         if self.embed_dim % 4 or self.decoder_embed_dim % 4:

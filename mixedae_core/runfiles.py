@@ -7,11 +7,17 @@
                     config, not config.json
     summary.json    written last, once the run has finished: steps, images, wall time, final epoch means
 
-Writes go beside the file and are renamed over it, so a reader never sees half a file.
+Writes go beside the file and are renamed over it, so a reader never sees half a file; a write that fails
+(a full disk) removes its temporary file and leaves the previous file as it was. One process writes a run
+directory at a time: the writer holds an exclusive lock on its `.lock` file (with its pid inside).
 """
+import errno
+import fcntl
 import json
 import os
 import pickle
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -26,25 +32,88 @@ class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read; the message names the file and what to do."""
 
 
-def write_text_atomic(path: Path, text: str):
+class RunFileError(RuntimeError):
+    """A run file that cannot be read or written, or a run directory another process writes; the message
+    names the file and what to do."""
+
+
+def _write_atomic(path: Path, write):
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write the same file
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as err:
+        tmp.unlink(missing_ok=True)
+        if not isinstance(err, (OSError, RuntimeError)):  # KeyboardInterrupt and the like go on as they are
+            raise
+        free = shutil.disk_usage(path.parent).free / 2 ** 20 if path.parent.exists() else float("nan")
+        full = getattr(err, "errno", None) == errno.ENOSPC or free < 64
+        raise RunFileError(f"cannot write {path} ({str(err).splitlines()[0]}; {free:.0f} MiB free there)"
+                           + (": the disk is full. Free space" if full else ". Check the folder's permissions")
+                           + (f" and resume: the previous {path.name} is intact." if path.exists() else ".")) from None
+
+
+def write_text_atomic(path: Path, text: str):
+    _write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_atomic(obj, path: Path):
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def read_json(path: Path) -> dict:
+    """A run file's JSON; a damaged file is a RunFileError naming it."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise RunFileError(f"{path} is not valid JSON ({err}): the file is damaged; delete it (a run's "
+                           "config is also in its checkpoint, and eval.json is recomputed)") from None
 
 
 def read_metrics(run_dir) -> list[dict]:
+    """metrics.jsonl's lines. A last line cut short (the writer was killed while writing it) is dropped, and
+    said once; a damaged line before the last is a RunFileError."""
     path = Path(run_dir) / METRICS
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = []
+    for i, line in enumerate(lines):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise RunFileError(f"{path} line {i + 1} is damaged ({line[:60]!r}); the run's numbers after it "
+                                   "cannot be trusted: train the run again in a new directory") from None
+            print(f"note: {path} ends in a line cut short ({line[:60]!r}); it is dropped", file=sys.stderr)
+    return records
+
+
+class RunLock:
+    """The run directory's writer lock: `with RunLock(run_dir):` while writing it. A second writer is refused
+    with a RunFileError naming the holder's pid. The lock goes with its process, however that ends."""
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / ".lock"
+
+    def __enter__(self):
+        self.file = open(self.path, "a+")
+        try:
+            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self.file.seek(0)
+            holder = self.file.read().strip() or "unknown"
+            self.file.close()
+            raise RunFileError(f"{self.path.parent} is being written by another process (pid {holder}): wait for "
+                               f"it to finish, or stop it (kill {holder}) and resume the run") from None
+        self.file.truncate(0)
+        self.file.write(str(os.getpid()))
+        self.file.flush()
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()  # releases the lock
 
 
 def run_finished(run_dir) -> bool:

@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from .config import Config
 from .data import training_batches
 from .model import build_model, recognition_warnings
-from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, read_checkpoint, read_metrics, save_atomic,
-                       write_text_atomic)
+from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, RunLock, read_checkpoint, read_metrics,
+                       save_atomic, write_text_atomic)
 
 CODE_VERSION = "1"  # bump when a change alters what a run computes: cached runs are then retrained
 NO_WEIGHT_DECAY = ("cls_token", "mask_token", "pos_embed", "decoder_pos_embed", "seg_embed")
@@ -44,14 +44,25 @@ class RunExistsError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------- devices, processes
-def resolve_device(config: Config, local_rank: int = 0) -> torch.device:
-    if config.device == "auto":
+def available_device(name: str, local_rank: int = 0) -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:N) names on this machine; a ValueError if it is not here."""
+    if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if config.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={config.device!r} but no CUDA device is visible; use --device cpu")
-    if config.device == "cuda":
-        return torch.device(f"cuda:{local_rank}")
-    return torch.device(config.device)
+    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if name.startswith("cuda"):
+        visible = torch.cuda.device_count()
+        if not visible:
+            raise ValueError(f"device={name!r} but no CUDA device is visible here; use --device cpu")
+        index = local_rank if name == "cuda" else int(name[5:])
+        if index >= visible:
+            raise ValueError(f"device={name!r} but only {visible} CUDA device(s) are visible (cuda:0..{visible - 1})")
+        return torch.device(f"cuda:{index}")
+    return torch.device("cpu")
+
+
+def resolve_device(config: Config, local_rank: int = 0) -> torch.device:
+    return available_device(config.device, local_rank)
 
 
 def describe_device(device) -> str:
@@ -254,11 +265,16 @@ def checkpoint_to_resume(config: Config, run_dir: Path, resume: bool, device) ->
     return ckpt
 
 
-def open_run_dir(config: Config, run_dir: Path, rank: int):
-    """The run directory with its config.json (rank 0), once the run is sure to start."""
-    if rank == 0:
+def locked_run_dir(run_dir: Path, rank: int) -> contextlib.AbstractContextManager:
+    """The run directory, made if missing and locked by rank 0 for the run's whole life (runfiles.RunLock)."""
+    if rank != 0:
+        return contextlib.nullcontext()
+    try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(run_dir / CONFIG, json.dumps(config.to_dict(), indent=1))
+    except OSError as err:
+        raise RunFileError(f"cannot use {run_dir} as a run directory ({err.strerror}): choose a writable folder "
+                           "with --out") from None
+    return RunLock(run_dir)
 
 
 def save_checkpoint(model, optimizer, state: dict, config: Config, run_dir: Path, rank: int):
@@ -300,10 +316,17 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
     if c.batch_size % (c.accum_steps * world * c.group_size):
         raise ValueError(f"batch_size {c.batch_size} must split into accum_steps x processes = "
                          f"{c.accum_steps} x {world} micro-batches that are multiples of G = {c.group_size}")
-    ckpt = checkpoint_to_resume(c, run_dir, resume, device)
-    batches = training_batches(c, device, rank, world)  # data errors too come before anything is written
-    open_run_dir(c, run_dir, rank)
+    batches = training_batches(c, device, rank, world)  # data errors come before anything is written
+    with locked_run_dir(run_dir, rank):
+        ckpt = checkpoint_to_resume(c, run_dir, resume, device)
+        if rank == 0:
+            write_text_atomic(run_dir / CONFIG, json.dumps(c.to_dict(), indent=1))
+        return train_locked(c, run_dir, ckpt, resume, batches, rank, world, device, progress, stamp)
 
+
+def train_locked(c: Config, run_dir: Path, ckpt: dict | None, resume: bool, batches, rank: int, world: int, device,
+                 progress: bool, stamp) -> dict:
+    """train()'s loop, in the run directory it holds the lock of."""
     torch.manual_seed(c.seed)
     model = build_model(c).to(device)
     spe = batches.steps_per_epoch

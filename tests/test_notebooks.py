@@ -118,13 +118,17 @@ def test_unknown_notebook_parameter_is_an_error(tmp_path):
         run_notebooks("smoke", tmp_path, only=["99"], progress=False)
 
 
-@pytest.mark.parametrize("params, needle", [({"bogus": 1}, "has no parameter(s) bogus"),
-                                             ({"seeds": "notalist"}, "seeds takes a value like its default None")])
-def test_papermill_run_directly_refuses_undeclared_or_mistyped_parameters(params, needle, tmp_path):
+@pytest.mark.parametrize("notebook, params, needle", [
+    ("04_compose_vs_full", {"bogus": 1}, "has no parameter(s) bogus"),
+    ("04_compose_vs_full", {"seeds": "notalist"}, "seeds takes a list of integers such as [0, 1, 2], or None"),
+    ("00_tour", {"seeds": 0}, "seeds takes a list of integers such as [0, 1, 2], or None"),
+    ("00_tour", {"n_images": 0}, "n_images counts something: it takes an integer >= 1, got 0"),
+    ("04_compose_vs_full", {"timing_steps": -2}, "timing_steps counts something")])
+def test_papermill_run_directly_refuses_undeclared_or_mistyped_parameters(notebook, params, needle, tmp_path):
     import papermill
     from mixedae_core.lab.reproduce import NOTEBOOK_DIR
     with pytest.raises(papermill.PapermillExecutionError, match=re.escape(needle)):
-        papermill.execute_notebook(str(NOTEBOOK_DIR / "04_compose_vs_full.ipynb"), str(tmp_path / "out.ipynb"),
+        papermill.execute_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters={"preset": "smoke", "out_dir": str(tmp_path), **params},
                                    kernel_name="python3", progress_bar=False)
 

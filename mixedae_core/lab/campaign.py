@@ -21,16 +21,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from .experiments import drawn_runs, planned_runs
-from .runs import runs_root
+from ..runfiles import CHECKPOINT, run_finished
+from .runs import check_recordable, run_dir_for, runs_root
 from .suite import Suite
 
 
 def campaign_plan(suite: Suite) -> list[dict]:
     """Every run the preset's notebooks read, each once, headline first."""
     mixedae = suite.config(method="mixedae")
-    if mixedae.dataset_kind == "imagefolder":
-        raise ValueError(f"preset {suite.preset} trains on an image folder: the notebooks (and so the campaign) "
-                         "need a device-resident dataset with a test split (fashion-mnist, cifar10/100, stl10)")
+    check_recordable(mixedae)
     return planned_runs(mixedae, suite.seeds, lambda run: suite.record_path(**run).name)
 
 
@@ -53,6 +52,7 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start
             raise SystemExit("stopped by SIGTERM before training")
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the campaign, which stops the workers (SIGTERM)
     suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
     logs = Path(runs_root_dir or runs_root()) / "logs"
     while True:
@@ -60,7 +60,8 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start
         if overrides is None or time.time() > start_by.value:
             return
         name, started = suite.record_path(**overrides).name, time.time()
-        status = "evaluated" if suite.has_run(**overrides) else "trained"
+        run_dir = run_dir_for(suite.config(**overrides), runs_root_dir)
+        status = "evaluated" if run_finished(run_dir) else "resumed" if (run_dir / CHECKPOINT).exists() else "trained"
         with open(logs / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 suite.run(**overrides)  # a drawn run with a record may still lack its checkpoint
@@ -143,8 +144,8 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
             return
         outcome[status].append({**overrides, "run": name, "seconds": seconds})
         bar.update(1)
-        if status == "trained" and deadline is not None:  # do not start what cannot finish
-            longest = max(e["seconds"] for e in outcome["trained"])
+        if status in ("trained", "resumed") and deadline is not None:  # do not start what cannot finish
+            longest = max(e["seconds"] for e in outcome["trained"] + outcome["resumed"])
             workers.start_by.value = min(workers.start_by.value, deadline - longest)
         if status == "failed":
             print(f"run {overrides} failed; the end of {logs / (name + '.log')}:\n{_tail(logs / (name + '.log'))}",
@@ -175,31 +176,44 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
     print(f"campaign {preset}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "
           f"{suite.records}, {len(pending)} to train, {min(workers, len(pending))} at a time", flush=True)
     deadline = None if budget_s is None else t_start + budget_s
-    outcome = {"trained": [], "evaluated": [], "failed": [], "stopped": []}
+    outcome = {"trained": [], "resumed": [], "evaluated": [], "failed": [], "stopped": []}
     pool = _Workers(suite, runs_root_dir, device, pending, workers,
                     float("inf") if deadline is None else deadline - min_start_s)
     main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, pool.terminate) if main_thread else None  # `kill` stops the workers too
     bar = tqdm(total=len(pending), unit="run", desc=f"campaign {preset}", disable=not progress)
+    interrupted = True
     try:
         _collect(pool, outcome, deadline, grace_s, logs, bar)
-    finally:  # also on Ctrl-C and SIGTERM: one grace period for all workers, then kill
+        interrupted = False
+    finally:  # also on Ctrl-C and SIGTERM: one grace period for all workers, then kill; the log is written
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
         pool.join(grace_s)
         if main_thread:
             signal.signal(signal.SIGTERM, old_handler)
-    bar.close()
+        bar.close()
+        result = _log_campaign(suite, plan, pending, outcome, needs_work, workers, budget_s, t_start, interrupted)
+    return result
+
+
+def _log_campaign(suite: Suite, plan, pending, outcome, needs_work, workers, budget_s, t_start,
+                  interrupted: bool) -> dict:
+    """The campaign's result, appended to tables/<preset>/campaign_log.json when it had work (an interrupted
+    campaign too: its runs and time count), and its closing line."""
+    preset = suite.preset
     left = [o for o in pending if needs_work(o)]
     result = {"preset": preset, "planned": len(plan), "recorded_before": len(plan) - len(pending), **outcome,
               "left": left, "complete": not left and all(suite.has_record(**o) for o in plan), "workers": workers,
-              "budget_s": budget_s, "wall_seconds": round(time.time() - t_start, 1),
+              "budget_s": budget_s, "interrupted": interrupted, "wall_seconds": round(time.time() - t_start, 1),
               "provenance": suite.provenance()}
     path = suite.out / "tables" / preset / "campaign_log.json"  # one entry per campaign that ran, newest last
     if pending:
         history = json.loads(path.read_text()) if path.exists() else []
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(history + [result], indent=1, default=str))
-    print(f"campaign {preset}: {len(outcome['trained'])} trained, {len(outcome['evaluated'])} evaluated only, "
+    print(f"campaign {preset}{' (interrupted)' if interrupted else ''}: {len(outcome['trained'])} trained, "
+          f"{len(outcome['resumed'])} resumed, {len(outcome['evaluated'])} evaluated only, "
           f"{len(outcome['failed'])} failed, {len(outcome['stopped'])} stopped at the budget, {len(left)} left for "
           f"the next campaign, in {result['wall_seconds']:.0f} s; log {path}", flush=True)
     return result

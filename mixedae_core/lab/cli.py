@@ -14,21 +14,30 @@ Exit codes; every refusal is one paragraph on stderr that names the option or fi
     0  done
     1  pretrain, record: stopped by SIGTERM or SIGINT after writing a checkpoint (--resume continues it);
        campaign: a run failed (its log is in the run cache's logs/); anything else: a bug, with its traceback
-    2  refused: an option or config value, a run directory that holds another run or a config that differs
-       from its checkpoint's, a damaged checkpoint, a missing, unreadable or too small dataset, an unknown
-       notebook prefix. A refused start writes nothing.
+    2  refused: an option or config value, a device that is not here, an --out that is not a writable folder,
+       a run directory that holds another run, another process's run or a config that differs from its
+       checkpoint's, a damaged checkpoint or run file, a missing, unreadable or too small dataset, an unknown
+       notebook prefix; also a file that could not be written (a full disk: the previous file is intact). A
+       refused start writes nothing.
     3  campaign, reproduce: the budget ran out before every run was recorded (the same command continues)
     4  pretrain, record: the loss or the weights became non-finite (the message says which checkpoint is left)
+  130  interrupted (Ctrl-C): what finished is kept, a run in training checkpointed; the same command continues
 """
 import argparse
 import dataclasses
+import math
+import os
 import sys
 import types
 import typing
+from pathlib import Path
 
 from ..config import PRESETS, Config, EvalConfig, field_docs, make_config
 from ..data import DatasetError
-from ..runfiles import CheckpointError
+from ..runfiles import CheckpointError, RunFileError
+from ..train import NonFiniteLossError, RunExistsError, available_device, train
+from .provenance import stamp
+from .runs import check_recordable, ensure_run, evaluate_run, runs_root
 
 DEFAULT_PRESET = "cpu"
 
@@ -95,16 +104,34 @@ def fail(err, code: int = 2):
     raise SystemExit(code)
 
 
-def preset_option(parser):
+def preset_option(parser, fields: bool):
     parser.add_argument("--preset", default=DEFAULT_PRESET, choices=list(PRESETS),
-                        help=f"named configuration the options override (default: {DEFAULT_PRESET}); the field "
-                             f"defaults below are the {DEFAULT_PRESET} preset's")
+                        help=f"named configuration (default: {DEFAULT_PRESET})" +
+                             (f"; the options below override it, and their defaults are the {DEFAULT_PRESET} "
+                              "preset's" if fields else ""))
+
+
+def check_device(parser, name: str):
+    try:
+        available_device(name)
+    except ValueError as err:
+        parser.error(str(err))
+
+
+def check_folder(parser, path, option: str):
+    """An --out that is, or can become, a writable folder; refused before anything is written."""
+    target = Path(path).resolve()
+    existing = next(p for p in (target, *target.parents) if p.exists())
+    if not existing.is_dir():
+        parser.error(f"{option} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        parser.error(f"{option} {path}: {existing} is not writable (read-only or without permission)")
 
 
 def pretrain(argv):
     parser = Parser(prog="python -m mixedae_core pretrain", description="Pre-train MAE, naive mixing or MixedAE.",
                     usage="%(prog)s [--preset P] [--out DIR [--resume]] [--no-progress] [--FIELD VALUE ...]")
-    preset_option(parser)
+    preset_option(parser, fields=True)
     parser.add_argument("--out", default=None, help="run directory (default: the run cache, keyed by the config)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -114,22 +141,20 @@ def pretrain(argv):
         config = make_config(args.preset, **field_overrides(parser, args, Config))
     except ValueError as err:
         parser.error(str(err))
-    from ..train import NonFiniteLossError, RunExistsError, train
-    from .provenance import stamp
-    from .runs import ensure_run
+    check_device(parser, config.device)
+    check_folder(parser, args.out or runs_root(), "--out")
     try:
         if args.out:
             train(config, args.out, resume=args.resume, progress=not args.no_progress, stamp=stamp)
         else:
             print(ensure_run(config, progress=not args.no_progress))
-    except (RunExistsError, DatasetError, CheckpointError) as err:
+    except (RunExistsError, DatasetError, CheckpointError, RunFileError) as err:
         fail(err)
     except NonFiniteLossError as err:
         fail(err, code=4)
 
 
 def evaluate(argv):
-    from .runs import evaluate_run
     parser = Parser(prog="python -m mixedae_core evaluate",
                     usage="%(prog)s RUN_DIR [--device D] [--no-progress] [--FIELD VALUE ...]", description="kNN, linear probe and object awareness of a run's encoder; writes RUN_DIR/eval.json.")
     parser.add_argument("run_dir", help="a finished run directory")
@@ -143,7 +168,7 @@ def evaluate(argv):
         parser.error(str(err))
     try:
         result = evaluate_run(args.run_dir, ec, args.device, progress=not args.no_progress)
-    except (FileNotFoundError, DatasetError, CheckpointError, ValueError) as err:
+    except (FileNotFoundError, DatasetError, CheckpointError, RunFileError, ValueError) as err:
         fail(err)
     for name, scores in result["scores"].items():
         print(f"{name:12s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if not k.endswith("_images")))
@@ -154,36 +179,65 @@ def record(argv):
     parser = Parser(prog="python -m mixedae_core record",
                     usage="%(prog)s [--preset P] [--out DIR] [--no-progress] [--FIELD VALUE ...]", description="Train (or fetch) one run, evaluate it with its preset's recipe and write its record "
                                 "to OUT/runs/PRESET/ (config, metrics, summary, eval.json).")
-    preset_option(parser)
+    preset_option(parser, fields=True)
     parser.add_argument("--out", default="results", help="results folder (default: results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_fields(parser, Config, make_config(DEFAULT_PRESET))
     args = parser.parse_args(argv)
     overrides = field_overrides(parser, args, Config)
+    from .suite import Suite
     try:
-        make_config(args.preset, **overrides).validate()
+        config = make_config(args.preset, **overrides)
+        check_recordable(config)
     except ValueError as err:
         parser.error(str(err))
-    from ..train import NonFiniteLossError
-    from .suite import Suite
+    check_device(parser, config.device)
+    check_folder(parser, args.out, "--out")
     suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out,
                   notebook="record", progress=not args.no_progress)
     try:
         print(suite.record(**overrides))
-    except (DatasetError, CheckpointError) as err:
+    except (DatasetError, CheckpointError, RunFileError) as err:
         fail(err)
     except NonFiniteLossError as err:
         fail(err, code=4)
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
+
+
+def worker_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 256:
+        raise argparse.ArgumentTypeError(f"must be an integer from 1 to 256, got {text!r}")
+    return int(text)
+
+
 def suite_options(parser):
-    preset_option(parser)
+    preset_option(parser, fields=False)
     parser.add_argument("--out", default="results", help="results folder (default: results)")
     parser.add_argument("--device", default="auto", help="auto (the preset's device), cpu or cuda (default: auto)")
-    parser.add_argument("--workers", type=int, default=1, help="runs trained side by side, processes (default: 1)")
-    parser.add_argument("--budget", type=float, default=None,
+    parser.add_argument("--workers", type=worker_count, default=1, help="runs trained side by side, processes (default: 1)")
+    parser.add_argument("--budget", type=positive_seconds, default=None,
                         help="seconds; stop starting runs, then stop them (default: none)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def check_suite_options(parser, args):
+    """What campaign and reproduce refuse before anything is written."""
+    try:
+        check_recordable(make_config(args.preset, **({} if args.device == "auto" else {"device": args.device})))
+    except ValueError as err:
+        parser.error(str(err))
+    if args.device != "auto":  # auto: the preset's device, which a machine reading that preset's records may lack
+        check_device(parser, args.device)
+    check_folder(parser, args.out, "--out")
 
 
 def campaign(argv):
@@ -192,6 +246,7 @@ def campaign(argv):
                     description="Train and record every run the notebooks need, several side by side.")
     suite_options(parser)
     args = parser.parse_args(argv)
+    check_suite_options(parser, args)
     try:
         result = run_campaign(args.preset, None, args.out, device=args.device, workers=args.workers,
                               budget_s=args.budget, progress=not args.no_progress)
@@ -212,6 +267,7 @@ def reproduce(argv):
     parser.add_argument("--only", default="", help=f"comma-separated notebook prefixes of {', '.join(NOTEBOOKS)} "
                                                    "(skips the campaign: the notebooks train what they need)")
     args = parser.parse_args(argv)
+    check_suite_options(parser, args)
     try:
         run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
                       workers=args.workers, budget_s=args.budget, progress=not args.no_progress)
@@ -231,4 +287,9 @@ def main(argv=None):
         sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate,record,campaign,reproduce} ...  "
                          "(--help after the command for its options)\n")
         raise SystemExit(2)
-    COMMANDS[argv[0]](argv[1:])
+    try:
+        COMMANDS[argv[0]](argv[1:])
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: finished runs are kept and a run in training has checkpointed; the same "
+                         "command continues\n")
+        raise SystemExit(130)

@@ -9,6 +9,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 
 import torch
@@ -16,8 +17,9 @@ import torch
 from ..config import Config, EvalConfig
 from ..evaluate import baseline_scores, evaluate_model, mae_twin
 from ..model import ModelConfig
-from ..runfiles import CHECKPOINT, CONFIG, METRICS, SUMMARY, load_model, run_finished, write_text_atomic
-from ..train import CODE_VERSION, resolve_device, train
+from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, load_model, read_json, run_finished,
+                        write_text_atomic)
+from ..train import CODE_VERSION, available_device, train
 from .provenance import REPO, provenance, stamp
 
 EVAL_VERSION = "3"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
@@ -76,7 +78,11 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
     run_dir = Path(run_dir)
     path = run_dir / "eval.json"
     if path.exists():
-        cached = json.loads(path.read_text())
+        try:
+            cached = read_json(path)
+        except RunFileError as err:  # a cache: computed again
+            print(f"note: {err}; computing it again", file=sys.stderr)
+            cached = {}
         if cached.get("eval") == eval_key(ec):
             return cached
     if not (run_dir / CHECKPOINT).exists():
@@ -84,9 +90,12 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
     if not (run_dir / SUMMARY).exists():
         raise FileNotFoundError(f"{run_dir} has not finished (no summary.json): resume it first "
                                 "(python -m mixedae_core pretrain --out RUN_DIR --resume ...)")
-    config = Config(**json.loads((run_dir / CONFIG).read_text()))  # to pick the device before loading
-    dev = torch.device(device) if device else resolve_device(config)
-    model, config = load_model(run_dir, dev)
+    model, config = load_model(run_dir, "cpu")  # the checkpoint's config picks the device, not config.json
+    dev = available_device(device or config.device)
+    if not -config.depth <= ec.attention_layer < config.depth:
+        raise ValueError(f"attention_layer {ec.attention_layer} is not a block of this encoder (depth {config.depth}: "
+                         f"0..{config.depth - 1}, or -1 for the last)")
+    model = model.to(dev)
     scores = {"encoder": evaluate_model(model, config, ec, progress)}
     if ec.baselines:
         scores.update(cached_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
@@ -97,6 +106,13 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
 
 
 # ------------------------------------------------------------------------------------------ records
+def check_recordable(config: Config):
+    """A record is evaluated on a test split held on the device: refuse an image folder before any training."""
+    if config.dataset_kind == "imagefolder":
+        raise ValueError(f"{config.dataset} is an image folder: records, campaigns and notebooks need a dataset with "
+                         "a test split (fashion-mnist, cifar10, cifar100, stl10); train on image folders with pretrain")
+
+
 def record_is_current(record: Path, ec: EvalConfig) -> bool:
     if not all((record / name).exists() for name in RECORD_FILES):
         return False

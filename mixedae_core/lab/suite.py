@@ -51,8 +51,6 @@ class Suite:
         self.seeds = list(seeds)
         out = Path(self.out_dir)
         self.out = out if out.is_absolute() else (REPO / out)
-        for kind in ("figures", "tables"):
-            (self.out / kind / self.preset).mkdir(parents=True, exist_ok=True)
         self.eval_config = PRESETS[self.preset].eval
         self.records = self.out / "runs" / self.preset
 
@@ -175,12 +173,14 @@ class Suite:
     def save_table(self, df: pd.DataFrame, name: str) -> Path:
         """CSV with the provenance as leading '#' lines (pandas: read_csv(path, comment='#'))."""
         path = self.out / "tables" / self.preset / f"{name}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
         header = "".join(f"# {k}: {v}\n" for k, v in self.provenance().items())
         path.write_text(header + df.to_csv(index=False))
         return path
 
     def save_figure(self, fig, name: str) -> Path:
         path = self.out / "figures" / self.preset / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
         if fig.get_layout_engine() is None:  # panels' axis labels otherwise overlap their neighbours
             fig.tight_layout()
         # below the figure (tight bbox takes it in), clear of the axis labels
@@ -317,8 +317,9 @@ def headline(verdicts) -> str:
 
 
 # -------------------------------------------------------------------- notebook setup and conclusion
-# The parameters every notebook declares whose defaults (None) do not tell their type.
-PARAMETER_TYPES = {"seeds": (list, type(None)), "runs_root": (str, type(None))}
+# The parameters every notebook declares whose defaults (None) do not tell their type: (types, in words).
+PARAMETER_TYPES = {"seeds": ((list, type(None)), "a list of integers such as [0, 1, 2], or None for the preset's seeds"),
+                   "runs_root": ((str, type(None)), "a folder path, or None for runs/ in the repository")}
 
 
 def check_injected_parameters(notebook: str):
@@ -347,9 +348,12 @@ def check_injected_parameters(notebook: str):
                          f"{', '.join(declared)}")
     for name in names:
         value, default = shell.user_ns[name], declared[name]
-        expected = PARAMETER_TYPES.get(name) or ((int, float) if isinstance(default, float) else type(default))
+        expected, words = PARAMETER_TYPES.get(name) or (
+            (int, float) if isinstance(default, float) else type(default), f"a value like its default {default!r}")
         if not isinstance(value, expected) or (isinstance(value, bool) and not isinstance(default, bool)):
-            raise ValueError(f"notebook parameter {name} takes a value like its default {default!r}, got {value!r}")
+            raise ValueError(f"notebook parameter {name} takes {words}, got {value!r}")
+        if type(default) is int and default >= 1 and value < 1:  # a count (images, steps)
+            raise ValueError(f"notebook parameter {name} counts something: it takes an integer >= 1, got {value!r}")
     shell.InteractiveTB.set_mode(mode="Context")  # IPython's default for the notebook's own errors
 
 

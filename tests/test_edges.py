@@ -1,0 +1,244 @@
+"""Reliability at the edges: every refusal is one paragraph with its exit code and writes nothing; files
+survive a full disk and a torn line; one writer per run directory."""
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO
+from mixedae_core.config import make_config
+from mixedae_core.lab.cli import main
+from mixedae_core.lab.reproduce import write_readme
+from mixedae_core.runfiles import RunFileError, RunLock, read_metrics, save_atomic
+from mixedae_core.train import train
+
+ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+
+
+def refused(argv, capsys, code=2) -> str:
+    """stderr of a CLI call that must stop with `code`: one paragraph, no traceback."""
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    err = capsys.readouterr().err
+    assert info.value.code == code, err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    return err
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("edges") / "run"
+    train(make_config("smoke", method="mae", epochs=1, synthetic_size=32), run, progress=False)
+    return run
+
+
+# ------------------------------------------------------------------------------ the CLI walked with bad values
+SUITE_COMMANDS = ("campaign", "reproduce")
+BAD = [  # (command, arguments, what the one sentence names)
+    *[(c, ["--epochs", "1000000000000"], "epochs must be <= 10,000") for c in ("pretrain", "record")],
+    *[(c, ["--seed", "99999999999999999999999"], "seed must be <= 4,294,967,295") for c in ("pretrain", "record")],
+    *[(c, ["--seed", "-1"], "seed must be >= 0") for c in ("pretrain", "record")],
+    *[(c, ["--img_size", "100000"], "img_size must be <= 4,096") for c in ("pretrain", "record")],
+    *[(c, ["--img_size", "4096", "--patch_size", "4"], "at most 4096") for c in ("pretrain", "record")],
+    *[(c, ["--synthetic_size", "10000000000"], "synthetic_size must be <= 1,000,000") for c in ("pretrain", "record")],
+    *[(c, ["--precision", "fp16"], "precision must be one of") for c in ("pretrain", "record")],
+    *[(c, ["--dataset", "imagefolder:"], "imagefolder needs a path") for c in ("pretrain", "record")],
+    *[(c, ["--budget", b], "must be a positive number of seconds") for c in SUITE_COMMANDS for b in ("-5", "0", "nan")],
+    *[(c, ["--workers", "0"], "must be an integer from 1 to 256") for c in SUITE_COMMANDS],
+    *[(c, ["--device", "foo"], "device must be auto, cpu, cuda or cuda:N") for c in ("pretrain", "record", *SUITE_COMMANDS)],
+]
+
+
+@pytest.mark.parametrize("command, args, needle", BAD)
+def test_every_command_refuses_bad_values_in_one_paragraph_and_writes_nothing(command, args, needle, tmp_path, capsys):
+    out = tmp_path / "out"
+    err = refused([command, "--preset", "smoke", "--out", str(out), *args], capsys)
+    assert needle in err
+    assert not out.exists()
+
+
+@NO_CUDA
+@pytest.mark.parametrize("command", ["pretrain", "record", *SUITE_COMMANDS])
+def test_a_missing_cuda_device_is_refused_before_anything_is_written(command, tmp_path, capsys):
+    err = refused([command, "--preset", "smoke", "--out", str(tmp_path / "out"), "--device", "cuda"], capsys)
+    assert "no CUDA device is visible" in err and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", ["pretrain", "record", *SUITE_COMMANDS])
+def test_an_out_that_is_a_file_is_refused(command, tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    err = refused([command, "--preset", "smoke", "--out", str(tmp_path / "file" / "sub")], capsys)
+    assert "is a file, not a folder" in err
+
+
+@pytest.mark.parametrize("command", ["campaign", "reproduce"])
+def test_help_of_the_suite_commands_promises_no_field_options(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "defaults are the" not in text and "--preset" in text
+
+
+def test_record_refuses_an_image_folder_before_training(tmp_path, capsys):
+    err = refused(["record", "--preset", "smoke", "--out", str(tmp_path / "out"), "--dataset",
+                   f"imagefolder:{tmp_path}", "--in_chans", "3"], capsys)
+    assert "image folder" in err and "test split" in err and not (tmp_path / "out").exists()
+
+
+# ------------------------------------------------------------------------------ image folders
+def image_folder(root, n=8, empty=0):
+    for i in range(n):
+        path = root / ("a" if i % 2 else "b") / f"{i}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if i < empty:
+            path.write_bytes(b"")
+        else:
+            Image.new("RGB", (20, 20), (i * 20, 0, 0)).save(path)
+    return root
+
+
+@pytest.mark.parametrize("layout, needle", [("empty file", "empty file(s)"), ("a file", "is a file, not a folder")])
+def test_image_folder_refusals_write_nothing(layout, needle, tmp_path, capsys):
+    if layout == "empty file":
+        folder = image_folder(tmp_path / "images", empty=1)
+    else:
+        folder = tmp_path / "images.png"
+        folder.write_text("x")
+    run = tmp_path / "run"
+    err = refused(["pretrain", "--preset", "smoke", "--out", str(run), "--dataset", f"imagefolder:{folder}",
+                   "--batch_size", "4", "--workers", "0"], capsys)
+    assert needle in err and not run.exists()
+
+
+# ------------------------------------------------------------------------------ run files
+def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    with RunLock(run):
+        err = refused(["pretrain", "--preset", "smoke", "--out", str(run)], capsys)
+    assert f"pid {os.getpid()}" in err
+    assert not (run / "config.json").exists() and not (run / "metrics.jsonl").exists()
+
+
+def test_two_writers_started_together_leave_one_run(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "mixedae_core", "pretrain", "--preset", "smoke", "--epochs", "4", "--no-progress",
+           "--out", str(run)]
+    procs = [subprocess.Popen(cmd + extra, cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for extra in ([], ["--blr", "0.003"])]
+    results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    assert sorted(code for *_, code in results) == [0, 2], results
+    loser = next(err for _, err, code in results if code == 2)
+    assert "being written by another process" in loser or "holds a run" in loser
+    winner_blr = json.loads((run / "config.json").read_text())["blr"]
+    assert json.loads((run / "summary.json").read_text())["config"]["blr"] == winner_blr
+    steps = [m["step"] for m in read_metrics(run) if m["kind"] == "step"]
+    assert steps == sorted(set(steps))  # one writer's lines
+
+
+def test_a_failed_write_removes_its_temporary_file_and_keeps_the_previous_one(tmp_path, monkeypatch):
+    target = tmp_path / "checkpoint.pt"
+    save_atomic({"step": 1}, target)
+
+    def full_disk(obj, f):
+        open(f, "wb").write(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    with pytest.raises(RunFileError, match="the disk is full.*previous checkpoint.pt is intact"):
+        save_atomic({"step": 2}, target)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+    assert torch.load(target)["step"] == 1
+
+
+def test_a_metrics_line_cut_short_is_dropped_on_resume(finished_run, tmp_path, capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl"):
+        (run / name).write_bytes((finished_run / name).read_bytes())
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write('{"kind": "step", "st')
+    summary = train(make_config("smoke", method="mae", epochs=1, synthetic_size=32), run, progress=False)
+    assert summary["final"] is not None
+    assert "cut short" in capsys.readouterr().err
+    assert all("st" != m.get("kind") for m in read_metrics(run))
+
+
+def test_a_damaged_metrics_line_before_the_last_is_named(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "st\n{"kind": "step", "step": 1}\n')
+    with pytest.raises(RunFileError, match="metrics.jsonl line 1 is damaged"):
+        read_metrics(tmp_path)
+
+
+# ------------------------------------------------------------------------------ evaluate
+@NO_CUDA
+def test_evaluate_on_a_missing_cuda_device_gives_no_false_advice(finished_run, capsys):
+    err = refused(["evaluate", str(finished_run), "--device", "cuda"], capsys)
+    assert "no CUDA device is visible" in err and "damaged" not in err
+
+
+@pytest.mark.parametrize("args, needle", [(["--attention_layer", "99"], "attention_layer 99 is not a block"),
+                                          (["--device", "foo"], "device must be auto, cpu, cuda or cuda:N")])
+def test_evaluate_checks_its_options_against_the_run(args, needle, finished_run, capsys):
+    assert needle in refused(["evaluate", str(finished_run), *args], capsys)
+    assert not (finished_run / "eval.json").exists()
+
+
+@pytest.mark.parametrize("damage", ["config.json deleted", "config.json corrupt", "eval.json corrupt"])
+def test_evaluate_reads_the_config_from_the_checkpoint_and_recomputes_a_damaged_eval(damage, finished_run, tmp_path,
+                                                                                  capsys):
+    run = tmp_path / "run"
+    run.mkdir()
+    for name in ("checkpoint.pt", "config.json", "metrics.jsonl", "summary.json"):
+        (run / name).write_bytes((finished_run / name).read_bytes())
+    if damage == "config.json deleted":
+        (run / "config.json").unlink()
+    else:
+        (run / damage.split()[0]).write_text("{not json")
+    main(["evaluate", str(run), "--no-progress", "--train_subset", "32", "--test_subset", "16", "--baselines", "false",
+          "--pretext_images", "8"])
+    assert json.loads((run / "eval.json").read_text())["scores"]["encoder"]
+    if damage == "eval.json corrupt":
+        assert "eval.json is not valid JSON" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------ campaigns and results
+def test_a_refused_suite_command_leaves_no_folders(tmp_path, capsys):
+    refused(["campaign", "--preset", "smoke", "--out", str(tmp_path / "out"), "--budget", "0"], capsys)
+    refused(["record", "--preset", "smoke", "--out", str(tmp_path / "out"), "--seed", "-3"], capsys)
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_smoke_preset_has_no_section_in_the_committed_readme(tmp_path):
+    for preset in ("smoke", "cpu"):
+        (tmp_path / "tables" / preset).mkdir(parents=True)
+        (tmp_path / "tables" / preset / "claims_01.csv").write_text(
+            "# notebook: 01\nclaim,measured,seeds,p_value,p_adjusted,reference,verdict\nc,1,3,0.5,0.5,,not significant\n")
+    write_readme(tmp_path)
+    readme = (tmp_path / "README.md").read_text()
+    assert "CPU preset" in readme and "Smoke preset" not in readme
+
+
+def test_ctrl_c_stops_a_campaign_without_a_traceback_and_logs_it(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-m", "mixedae_core", "campaign", "--preset", "smoke", "--out",
+                             str(tmp_path / "out"), "--no-progress"], cwd=REPO,
+                            env={**ENV, "MIXEDAE_RUNS": str(tmp_path / "runs")}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not list((tmp_path / "runs").glob("*/checkpoint.pt")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends: the whole process group
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    log = json.loads((tmp_path / "out" / "tables" / "smoke" / "campaign_log.json").read_text())
+    assert log[-1]["interrupted"] is True
