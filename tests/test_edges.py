@@ -223,9 +223,12 @@ def test_the_smoke_preset_has_no_section_in_the_committed_readme(tmp_path):
         (tmp_path / "tables" / preset).mkdir(parents=True)
         (tmp_path / "tables" / preset / "claims_01.csv").write_text(
             "# notebook: 01\nclaim,measured,seeds,p_value,p_adjusted,reference,verdict\nc,1,3,0.5,0.5,,not significant\n")
+        (tmp_path / "figures" / preset).mkdir(parents=True)
+        (tmp_path / "figures" / preset / "01_transfer.png").write_bytes(b"")
     write_readme(tmp_path)
     readme = (tmp_path / "README.md").read_text()
-    assert "CPU preset" in readme and "Smoke preset" not in readme
+    assert "CPU preset" in readme and "| notebook | claim |" in readme and "figures/cpu/01_transfer.png" in readme
+    assert "Smoke preset" not in readme and "figures/smoke" not in readme
 
 
 def test_ctrl_c_stops_a_campaign_without_a_traceback_and_logs_it(tmp_path):

@@ -46,8 +46,7 @@ def test_campaign_then_every_notebook_at_smoke_and_tables_again_from_records_alo
     header = (tables / "01_transfer.csv").read_text().splitlines()[:8]
     assert any(line.startswith("# commit: ") for line in header) and any("# preset: smoke" == l for l in header)
     assert len(list((tmp_path / "figures" / "smoke").glob("*.png"))) >= 15
-    readme = (tmp_path / "README.md").read_text()
-    assert "| notebook | claim |" in readme and "figures/smoke/01_transfer.png" in readme
+    assert not (tmp_path / "README.md").exists()  # the smoke check's results are not the committed README's
     assert set(json.loads((tables / "reproduce_log.json").read_text())) == set(NOTEBOOKS)
 
     # committed records alone (no checkpoints) regenerate the tables of 01-04 without training anything
