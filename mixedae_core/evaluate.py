@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .config import Config, EvalConfig
 from .data import TensorDataset, epoch_order, load_dataset, normalize, random_resized_crop_flip
-from .mixing import draw_partition
+from .mixing import draw_partition, mix_tokens
 from .losses import normalize_patches, patchify, reconstruction_loss
 from .model import MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
 from .train import autocast, lr_schedule, make_optimizer
@@ -120,6 +120,41 @@ def attention_region(attn: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
     last = ((before < mass).sum(1, keepdim=True) - 1).clamp(min=0)  # rank of the patch that reaches the mass
     threshold = values.gather(1, last)
     return ((flat >= threshold) & (total > 0)).view_as(attn)
+
+
+def own_image_attention(probs: torch.Tensor, src: torch.Tensor, n_cls: int = 1) -> torch.Tensor:
+    """Share of each patch query's attention over the other patch keys that falls on its own image's patches,
+    averaged over queries, heads and sequences. The query's own key is left out (attending to itself is not
+    grouping), so uniform attention scores (rN - 1) / (N - 1): `grouping_chance`.
+    probs [E, H, T, T] with `n_cls` leading [CLS] tokens; src [E, N] the source slot of every patch."""
+    N = src.shape[1]
+    others = ~torch.eye(N, dtype=torch.bool, device=src.device)
+    own = ((src.unsqueeze(2) == src.unsqueeze(1)) & others).unsqueeze(1)  # [E, 1, N, N]
+    patch = probs[:, :, n_cls:, n_cls:].float()
+    return ((patch * own).sum(-1) / (patch * others).sum(-1).clamp(min=1e-30)).mean()
+
+
+def grouping_chance(config: ModelConfig) -> float:
+    rN = config.num_patches // config.mix_group_size
+    return (rN - 1) / (config.num_patches - 1)
+
+
+@torch.no_grad()
+def mixed_grouping(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, noise: torch.Tensor,
+                   segments: bool = False) -> list[float]:
+    """Per encoder block, `own_image_attention` when the images, in consecutive groups of G = 1/mix_ratio, are
+    mixed as in compose pre-training (one shared [CLS]), with global attention for every method: no TopK and,
+    unless `segments`, no segment embedding. Does an encoder group patches by their content? A model that
+    learned to follow the segment embedding scores 1 with `segments` for that reason alone (a positive control).
+    noise [B/G, N]: the partition noise, the same for every model compared."""
+    model.eval()
+    c = model.config
+    x = model.patch_embed(normalize(images_uint8.to(noise.device), dataset)) + model.pos_embed[:, 1:, :]
+    mixed, src, _ = mix_tokens(x, draw_partition(len(noise), c.num_patches, c.mix_group_size, noise), "compose")
+    if segments and c.resolved_seg_embed == "encoder":
+        mixed = mixed + F.embedding(src, model.seg_embed)
+    _, extras = model.encode(torch.cat([model._cls(len(mixed)), mixed], dim=1), None, return_attention=True)
+    return [own_image_attention(e.probs, src).item() for e in extras]
 
 
 # Datasets whose foreground is "pixel > 0" (Fashion-MNIST's background is exactly 0). On natural images
@@ -432,13 +467,18 @@ def mae_twin(config: Config) -> Config:
                                mix_mode="compose")
 
 
+def random_init_encoder(config: Config, device) -> MixedAutoencoderViT:
+    """The shared initialisation of every method of `config`'s seed, untrained: a baseline for every measure."""
+    torch.manual_seed(config.seed)
+    return build_model(mae_twin(config)).to(device).eval()
+
+
 def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
     """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model, and the
     object IoU of maps that look at no model (where objects have masks): {'random_init': scores,
     'raw_pixels': scores, 'uniform map': ..., 'centre prior map': ...}."""
     base = mae_twin(config)
-    torch.manual_seed(config.seed)
-    random_init = build_model(base).to(device)
+    random_init = random_init_encoder(config, device)
     result = {"random_init": evaluate_model(random_init, base, ec, progress, pretext=False)}
     train, test = eval_splits(config, ec)
     pixels = frozen_scores({"pixels": pixel_features(train.images.to(device), train.name)}, train.labels.to(device),

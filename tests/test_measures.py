@@ -2,11 +2,13 @@
 mutual-information dose-response."""
 from types import SimpleNamespace
 
+import pytest
 import torch
 
 from mixedae_core.config import make_config
-from mixedae_core.evaluate import (at_image_size, content_floor, dependence_layouts, dependence_scores, map_object_iou,
-                                   prior_maps, shared_position_loss, translated)
+from mixedae_core.evaluate import (at_image_size, content_floor, dependence_layouts, dependence_scores, grouping_chance,
+                                   map_object_iou, mixed_grouping, own_image_attention, prior_maps,
+                                   shared_position_loss, translated)
 from mixedae_core.losses import normalize_patches, patchify, reconstruction_loss
 from mixedae_core.mixing import draw_partition
 from mixedae_core.model import build_model
@@ -136,3 +138,50 @@ def test_the_encoder_at_another_image_size_is_the_same_encoder():
     x = torch.randn(2, 3, 16, 16)
     torch.testing.assert_close(at_image_size(model, 16).forward_features(x), model.forward_features(x))
     assert at_image_size(model, 24).forward_features(torch.randn(2, 3, 24, 24)).shape == (2, 1 + 36, 32)
+
+
+# ------------------------------------------------------------------------------ grouping on mixed inputs
+def test_own_image_attention_at_chance_at_one_and_at_zero():
+    src = torch.tensor([[0, 0, 1, 1, 0, 1]])  # two images, three patches each; one [CLS] first
+    T, N = 7, 6
+    uniform = torch.full((1, 1, T, T), 1 / T)
+    assert own_image_attention(uniform, src).item() == pytest.approx((3 - 1) / (6 - 1))  # chance: (rN-1)/(N-1)
+    same = (src[0, :, None] == src[0, None, :]).float()
+    own_only = torch.zeros(1, 1, T, T)
+    own_only[0, 0, 1:, 1:] = same  # incl. itself, which is left out
+    assert own_image_attention(own_only, src).item() == pytest.approx(1.0)
+    other_only = torch.zeros(1, 1, T, T)
+    other_only[0, 0, 1:, 1:] = 1 - same  # a map that copies the other image
+    other_only[0, 0, 1:, 0] = 5.0  # mass on the [CLS] key does not count either way
+    assert own_image_attention(other_only, src).item() == 0.0
+
+
+def segment_following_model():
+    """A one-block MixedAE whose tokens are their segment vectors alone (patch and position embeddings zeroed)
+    and whose attention logits are their dot products: it groups by the segment label and nothing else."""
+    model = build_model(make_config("smoke", method="mixedae", depth=1, num_heads=1, embed_dim=32)).eval()
+    D = model.config.embed_dim
+    with torch.no_grad():
+        model.patch_embed.proj.weight.zero_()
+        model.patch_embed.proj.bias.zero_()
+        model.pos_embed.zero_()
+        model.seg_embed.copy_(torch.eye(4, D) * 4)
+        model.blocks[0].attn.qkv.weight.copy_(torch.cat([torch.eye(D) * 3] * 3))
+        model.blocks[0].attn.qkv.bias.zero_()
+    return model
+
+
+def test_grouping_is_chance_without_the_label_and_near_one_with_it():
+    model = segment_following_model()
+    images = (torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    noise = noise_for(8)
+    chance = grouping_chance(model.config)
+    assert mixed_grouping(model, images, "synthetic", noise) == [pytest.approx(chance)]  # every token alike
+    assert mixed_grouping(model, images, "synthetic", noise, segments=True)[0] > 0.99
+
+
+def test_grouping_of_mae_is_measured_on_the_same_groups():
+    model = smoke_model("mae")
+    images = (torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    scores = mixed_grouping(model, images, "synthetic", noise_for(8))
+    assert len(scores) == model.config.depth and all(0 <= s <= 1 for s in scores)

@@ -64,10 +64,12 @@ def equal_compute(config, bench_csv=BENCH_CSV) -> tuple[int, str]:
 class Experiment:
     """A notebook's runs: `variants` (overrides, or functions of the preset's MixedAE config returning a
     list of overrides) for `seeds` ('all' of the preset's seeds, 'first', or the first n); `draws` are the
-    methods whose first-seed models the notebook draws (their checkpoints must exist, not only their records)."""
+    methods whose models the notebook draws or measures, for the first seed or, with `draw_seeds='all'`, every
+    seed (their checkpoints must exist, not only their records)."""
     variants: tuple
     seeds: str | int = "all"
     draws: tuple = ()
+    draw_seeds: str = "first"
     also: tuple = ()  # notebooks whose runs this one reads too
 
     def runs(self, config, seeds) -> list[dict]:
@@ -110,7 +112,7 @@ EXPERIMENTS = {
         variants=({"method": "mixedae"}, {"method": "mixedae", "mix_mode": "full"},
                   lambda c: [{"method": "mixedae", "mix_mode": "full", "max_steps": equal_compute(c)[0]}]),
         seeds="first"),
-    "05_attention_maps": Experiment(variants=(), draws=METHODS, also=("01_naive_mixing_vs_mae",)),
+    "05_attention_maps": Experiment(variants=(), draws=METHODS, draw_seeds="all", also=("01_naive_mixing_vs_mae",)),
 }
 NOTEBOOKS = tuple(name for name in EXPERIMENTS if name[0].isdigit())
 
@@ -124,10 +126,12 @@ def notebook_runs(notebook: str, config, seeds) -> list[dict]:
 
 
 def drawn_runs(notebook: str | None, seeds) -> list[dict]:
-    """The first-seed runs whose models `notebook` (None: any notebook) draws."""
+    """The runs whose models `notebook` (None: any notebook) draws, first seed first."""
     notebooks = EXPERIMENTS if notebook is None else {notebook: EXPERIMENTS[notebook]}
-    methods = dict.fromkeys(m for e in notebooks.values() for m in e.draws)
-    return [{"method": m, "seed": list(seeds)[0]} for m in methods]
+    runs = [{"method": m, "seed": s} for e in notebooks.values()
+            for s in (list(seeds) if e.draw_seeds == "all" else list(seeds)[:1]) for m in e.draws]
+    runs = sorted(runs, key=lambda r: list(seeds).index(r["seed"]))  # stable: methods keep their order
+    return [r for i, r in enumerate(runs) if r not in runs[:i]]
 
 
 def planned_runs(config, seeds, canonical) -> list[dict]:
