@@ -104,7 +104,7 @@ def _training_line(out: Path, preset: str) -> tuple[str, float]:
         if path.exists() else []
     if not campaigns:
         return "", 0.0
-    trainings = [e["run"] for c in campaigns for e in trained(c)]
+    trainings = [e["run"] for c in campaigns for e in trained(c) if e["run"] in records]
     runs = f"{len(set(trainings))} runs" + (
         f" ({len(trainings)} trainings: a drawn model whose record is kept but whose checkpoint is missing is "
         "trained again)" if len(trainings) > len(set(trainings)) else "")
