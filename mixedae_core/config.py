@@ -30,6 +30,14 @@ def native_precision(device: str) -> str:
     return "bf16" if torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported() else "fp32"
 
 
+def device_name_error(device: str) -> str | None:
+    """Why `device` names no device this code knows (None when it does); whether the machine has it is
+    train.available_device's question."""
+    if device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit()):
+        return None
+    return f"device must be auto, cpu, cuda or cuda:N, got {device!r}"
+
+
 def device_type(device: str) -> str:
     """'cpu' or 'cuda': what a run computes depends on the kind of device (its kernels), not its index."""
     if device == "auto":
@@ -111,8 +119,8 @@ class Config(ModelConfig):
             bad(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         if self.precision not in PRECISIONS:
             bad(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            bad(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if device_name_error(self.device):
+            bad(device_name_error(self.device))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

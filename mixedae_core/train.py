@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .config import Config
+from .config import Config, device_name_error
 from .data import training_batches
 from .model import build_model, recognition_warnings
 from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, RunLock, read_checkpoint, read_metrics,
@@ -48,8 +48,8 @@ def available_device(name: str, local_rank: int = 0) -> torch.device:
     """The device `name` (auto, cpu, cuda, cuda:N) names on this machine; a ValueError if it is not here."""
     if name == "auto":
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    if name != "cpu" and name != "cuda" and not (name.startswith("cuda:") and name[5:].isdigit()):
-        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
+    if device_name_error(name):
+        raise ValueError(device_name_error(name))
     if name.startswith("cuda"):
         visible = torch.cuda.device_count()
         if not visible:
