@@ -198,13 +198,30 @@ def map_object_iou(maps: torch.Tensor, images_uint8: torch.Tensor, patch_size: i
 
 def prior_maps(images_uint8: torch.Tensor, patch_size: int) -> dict[str, torch.Tensor]:
     """Maps that look at no model, to hold object IoUs against [B, grid, grid]: `uniform` (every patch alike),
-    `centre prior` (a Gaussian at the image centre, sigma a quarter of the side: what centred objects reward)
-    and `oracle` (the foreground itself: IoU 1 by construction)."""
+    `centre prior` (a Gaussian at the image centre, sigma a quarter of the side: what centred objects reward),
+    `intensity` (each patch's mean pixel value: on a black background, brightness alone finds the object),
+    `local contrast` (each patch's pixel standard deviation: edges) and `oracle` (the foreground itself:
+    IoU 1 by construction)."""
     B, grid = len(images_uint8), images_uint8.shape[-1] // patch_size
     axis = torch.arange(grid, dtype=torch.float32) - (grid - 1) / 2
     centre = torch.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * (grid / 4) ** 2))
+    patches = F.unfold(images_uint8.float().cpu(), patch_size, stride=patch_size)  # [B, C p p, grid^2]
     return {"uniform": torch.ones(B, grid, grid), "centre prior": centre.expand(B, grid, grid),
-            "oracle": foreground_patches(images_uint8, patch_size).float()}
+            "intensity": patches.mean(1).view(B, grid, grid), "local contrast": patches.std(1).view(B, grid, grid),
+            "oracle": foreground_patches(images_uint8, patch_size).float().cpu()}
+
+
+MAP_BASELINES = ("uniform", "centre prior", "intensity", "local contrast")
+
+
+def map_baseline_scores(test_images_uint8: torch.Tensor, config: ModelConfig, mass: float = 0.6) -> dict:
+    """{'<name> map': {'object_iou': ..., 'object_iou_translated': ...}} of every map in MAP_BASELINES, on the
+    test images as they come and translated (`translated_test_images`), as a model's object IoUs are taken."""
+    variants = {"": test_images_uint8.cpu(), "_translated": translated_test_images(test_images_uint8.cpu(), config)}
+    maps = {suffix: prior_maps(images, config.patch_size) for suffix, images in variants.items()}
+    return {f"{name} map": {f"object_iou{suffix}": map_object_iou(maps[suffix][name], images, config.patch_size,
+                                                                  mass).mean().item()
+                            for suffix, images in variants.items()} for name in MAP_BASELINES}
 
 
 def translated(images_uint8: torch.Tensor, canvas: int, generator: torch.Generator) -> torch.Tensor:
@@ -486,11 +503,5 @@ def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = Fal
                            ec, train.num_classes)
     result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
     if test.name in OBJECT_MASK_DATASETS:  # maps that look at no model: what a centred dataset gives for free
-        variants = {"": test.images, "_translated": translated_test_images(test.images, base)}
-        maps = {suffix: prior_maps(images, base.patch_size) for suffix, images in variants.items()}
-        for name in ("uniform", "centre prior"):
-            result[f"{name} map"] = {
-                f"object_iou{suffix}": map_object_iou(maps[suffix][name], images, base.patch_size,
-                                                      ec.attention_mass).mean().item()
-                for suffix, images in variants.items()}
+        result.update(map_baseline_scores(test.images, base, ec.attention_mass))
     return result
