@@ -158,7 +158,7 @@ def test_the_encoder_at_another_image_size_is_the_same_encoder():
 # ------------------------------------------------------------------------------ grouping on mixed inputs
 def test_own_image_attention_at_chance_at_one_and_at_zero():
     src = torch.tensor([[0, 0, 1, 1, 0, 1]])  # two images, three patches each; one [CLS] first
-    T, N = 7, 6
+    T = 7
     uniform = torch.full((1, 1, T, T), 1 / T)
     assert own_image_attention(uniform, src).item() == pytest.approx((3 - 1) / (6 - 1))  # chance: (rN-1)/(N-1)
     same = (src[0, :, None] == src[0, None, :]).float()

@@ -20,8 +20,8 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from .experiments import drawn_runs, planned_runs
 from ..runfiles import CHECKPOINT, run_finished
+from .experiments import drawn_runs, planned_runs
 from .runs import check_recordable, run_dir_for, runs_root
 from .suite import Suite
 

@@ -12,8 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-import torch
-
 from ..config import Config, EvalConfig
 from ..evaluate import baseline_scores, evaluate_model, mae_twin
 from ..model import ModelConfig
