@@ -19,6 +19,9 @@ from .model import ModelConfig, at_least, at_most, check_finite
 # Fields that change how a run is logged, fetched or checkpointed, not what it computes: they are left out of
 # the run key, and a run may be resumed with other values of them.
 NOT_IN_RUN_KEY = ("download", "workers", "log_every", "checkpoint_minutes")
+# Fields added after records existed, with the value every earlier run computed with: at that value they are
+# left out of the run key, so earlier records keep their names.
+LEGACY_VALUES = {"precision": "fp32", "cls_reads_itself": True}
 PRECISIONS = ("fp32", "bf16")  # what a run computes in; "auto" is resolved to one of them (native_precision)
 
 
@@ -75,6 +78,12 @@ class Config(ModelConfig):
             self.precision = native_precision(self.device)
         super().__post_init__()
 
+    @classmethod
+    def from_dict(cls, fields: dict) -> "Config":
+        """A Config as a run's config.json or checkpoint holds it; a field the file predates takes the value
+        that run computed with (LEGACY_VALUES), not today's default."""
+        return cls(**{**LEGACY_VALUES, **fields})
+
     @property
     def lr(self) -> float:
         return self.blr * self.batch_size / 256
@@ -128,9 +137,8 @@ class Config(ModelConfig):
     def result_fields(self) -> dict:
         """The fields that decide what the run computes: canonical values, NOT_IN_RUN_KEY left out, the
         device as its kind."""
-        fields = {k: v for k, v in self.canonical().to_dict().items() if k not in NOT_IN_RUN_KEY}
-        if fields["precision"] == "fp32":  # the default, which every run before the switch existed computed in
-            del fields["precision"]
+        fields = {k: v for k, v in self.canonical().to_dict().items()
+                  if k not in NOT_IN_RUN_KEY and not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])}
         return {**fields, "device": device_type(fields["device"])}
 
 
@@ -148,6 +156,8 @@ class EvalConfig:
     batch_size: int = 500             # images per forward pass
     baselines: bool = True            # also evaluate raw pixels and the randomly initialised encoder
     pretext_images: int = 512         # test images for the shared-position loss and the cross-image reliance
+    control_epochs: int = 0           # epochs of the supervised positive control of the object-awareness measure (0: none)
+    control_seed: int = 0             # the control is trained once, with the baselines of this seed's runs
 
     def __post_init__(self):
         self.validate()
@@ -159,6 +169,7 @@ class EvalConfig:
         check_finite(self, EvalConfig, bad)
         at_least(self, ("knn_k", "probe_max_iter", "train_subset", "test_subset", "batch_size", "pretext_images"),
                  1, bad)
+        at_least(self, ("control_epochs", "control_seed"), 0, bad)
         if self.knn_temperature <= 0:
             bad(f"knn_temperature must be > 0, got {self.knn_temperature}")
         if self.probe_l2 < 0:
@@ -203,7 +214,7 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         # seed per ablation), 2 side by side: each trains in 3-4 min and evaluates in about 1 min on 2 cores.
         train=dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, epochs=1, batch_size=128,
                    blr=2e-3, warmup_epochs=0.1, log_every=25, device="cpu", precision="auto"),
-        eval=EvalConfig(train_subset=5000, test_subset=1000), seeds=(0, 1, 2),
+        eval=EvalConfig(train_subset=5000, test_subset=1000, control_epochs=2), seeds=(0, 1, 2),
         title="CPU preset (a demonstration of the pipeline, not evidence)",
         note="CPU preset: a runnable demonstration of the pipeline on a 2-core machine. Each model trains for "
              "minutes, far from the paper's hundreds of epochs: read every verdict against the seed spread "
@@ -213,7 +224,7 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         train=dict(dataset="synthetic", synthetic_size=128, img_size=16, patch_size=4, in_chans=3, embed_dim=32,
                    depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
                    epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu"),
-        eval=EvalConfig(batch_size=64, probe_max_iter=50), seeds=(0, 1, 2),
+        eval=EvalConfig(batch_size=64, probe_max_iter=50, control_epochs=1), seeds=(0, 1, 2),
         title="Smoke preset (functional check)", note="Smoke preset: functional check only; the numbers mean nothing.",
         committed=False),
     "imagenet": Preset(

@@ -9,13 +9,16 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
 from .config import Config, EvalConfig
 from .data import TensorDataset, epoch_order, load_dataset, normalize, random_resized_crop_flip
 from .mixing import draw_partition, mix_tokens
 from .losses import normalize_patches, patchify, reconstruction_loss
-from .model import MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
+from .model import ENCODER_PREFIXES, MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
+from .objects import (OBJECT_MASK_DATASETS, VARIANTS, cluttered, map_baseline_scores, map_object_iou, object_variants,
+                      score_name)
 from .train import autocast, lr_schedule, make_optimizer
 
 
@@ -106,20 +109,19 @@ def attention_map(model: MixedAutoencoderViT, images: torch.Tensor, layer: int =
     return attn.reshape(*attn.shape[:2], grid, grid)
 
 
-def attention_region(attn: torch.Tensor, mass: float = 0.6) -> torch.Tensor:
-    """The patches that hold `mass` of each map's attention (DINO's masks): those at least as attended
-    as the patch at which the mass, summed from the top, reaches `mass`. Ties at that value are all
-    kept, so a map that is uniform on an object selects exactly the object. A map with no mass on any
-    patch ([CLS] attending to itself alone, to float precision) has an empty region.
-    attn [B, grid, grid] (non-negative) -> bool [B, grid, grid]."""
-    flat = attn.flatten(1)
-    total = flat.sum(1, keepdim=True)
-    flat = flat / total.clamp(min=torch.finfo(flat.dtype).tiny)
-    values, _ = flat.sort(dim=1, descending=True)
-    before = values.cumsum(1) - values  # mass of the patches ranked above each one
-    last = ((before < mass).sum(1, keepdim=True) - 1).clamp(min=0)  # rank of the patch that reaches the mass
-    threshold = values.gather(1, last)
-    return ((flat >= threshold) & (total > 0)).view_as(attn)
+@torch.no_grad()
+def cls_self_attention(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str,
+                       batch_size: int = 500) -> list[float]:
+    """Per encoder block, the share of the [CLS] query's attention on its own key (mean over images and heads):
+    near 1, the [CLS] no longer reads the image in that block."""
+    model.eval()
+    device, sums = next(model.parameters()).device, None
+    for start in range(0, len(images_uint8), batch_size):
+        raw = images_uint8[start:start + batch_size].to(device)
+        _, attentions = model.forward_features(normalize(raw, dataset), return_attention=True)
+        batch = torch.stack([a[:, :, 0, 0].float().mean(1).sum() for a in attentions])
+        sums = batch if sums is None else sums + batch
+    return (sums / len(images_uint8)).tolist()
 
 
 def own_image_attention(probs: torch.Tensor, src: torch.Tensor, n_cls: int = 1) -> torch.Tensor:
@@ -157,85 +159,20 @@ def mixed_grouping(model: MixedAutoencoderViT, images_uint8: torch.Tensor, datas
     return [own_image_attention(e.probs, src).item() for e in extras]
 
 
-# Datasets whose foreground is "pixel > 0" (Fashion-MNIST's background is exactly 0). On natural images
-# nearly every pixel is > 0, so no object IoU is reported for them. The generated test images count too,
-# only so that the smoke preset exercises the code: their numbers mean nothing.
-OBJECT_MASK_DATASETS = ("fashion-mnist", "synthetic")
-
-
-def foreground_patches(images_uint8: torch.Tensor, patch_size: int, threshold: float = 0.5) -> torch.Tensor:
-    """Object mask at patch resolution: a patch is foreground when more than `threshold` of its pixels
-    are non-zero (Fashion-MNIST's background is exactly 0). [B, C, H, W] -> bool [B, grid, grid]."""
-    pixel_fg = (images_uint8 > 0).any(1, keepdim=True).float()
-    return F.avg_pool2d(pixel_fg, patch_size).squeeze(1) > threshold
-
-
-def iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Per-item intersection over union of bool masks [B, ...] -> [B]."""
-    inter = (a & b).flatten(1).sum(1).float()
-    union = (a | b).flatten(1).sum(1).float()
-    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(inter))
-
-
 @torch.no_grad()
-def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, layer: int = -1,
-                     mass: float = 0.6, batch_size: int = 500) -> torch.Tensor:
-    """Per-image IoU between the head-averaged [CLS] attention region (holding `mass` of the attention)
-    and the foreground patches."""
+def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, objects: torch.Tensor, dataset: str,
+                     layer: int = -1, mass: float = 0.6, batch_size: int = 500) -> torch.Tensor:
+    """Per-image IoU between the head-averaged [CLS] attention region (holding `mass` of the attention) and the
+    object patches `objects` [B, grid, grid] (see objects.py), at the images' size."""
+    if images_uint8.shape[-1] != model.config.img_size:
+        model = at_image_size(model, images_uint8.shape[-1])
     device = next(model.parameters()).device
     scores = []
     for start in range(0, len(images_uint8), batch_size):
         raw = images_uint8[start:start + batch_size].to(device)
         attn = attention_map(model, normalize(raw, dataset), layer).mean(1)
-        scores.append(map_object_iou(attn, raw, model.config.patch_size, mass))
+        scores.append(map_object_iou(attn, objects[start:start + batch_size], mass))
     return torch.cat(scores).cpu()
-
-
-def map_object_iou(maps: torch.Tensor, images_uint8: torch.Tensor, patch_size: int, mass: float = 0.6) -> torch.Tensor:
-    """Per-image IoU between the region holding `mass` of each map [B, grid, grid] and the foreground patches."""
-    return iou(attention_region(maps, mass), foreground_patches(images_uint8, patch_size).to(maps.device))
-
-
-def prior_maps(images_uint8: torch.Tensor, patch_size: int) -> dict[str, torch.Tensor]:
-    """Maps that look at no model, to hold object IoUs against [B, grid, grid]: `uniform` (every patch alike),
-    `centre prior` (a Gaussian at the image centre, sigma a quarter of the side: what centred objects reward),
-    `intensity` (each patch's mean pixel value: on a black background, brightness alone finds the object),
-    `local contrast` (each patch's pixel standard deviation: edges) and `oracle` (the foreground itself:
-    IoU 1 by construction)."""
-    B, grid = len(images_uint8), images_uint8.shape[-1] // patch_size
-    axis = torch.arange(grid, dtype=torch.float32) - (grid - 1) / 2
-    centre = torch.exp(-(axis[:, None] ** 2 + axis[None, :] ** 2) / (2 * (grid / 4) ** 2))
-    patches = F.unfold(images_uint8.float().cpu(), patch_size, stride=patch_size)  # [B, C p p, grid^2]
-    return {"uniform": torch.ones(B, grid, grid), "centre prior": centre.expand(B, grid, grid),
-            "intensity": patches.mean(1).view(B, grid, grid), "local contrast": patches.std(1).view(B, grid, grid),
-            "oracle": foreground_patches(images_uint8, patch_size).float().cpu()}
-
-
-MAP_BASELINES = ("uniform", "centre prior", "intensity", "local contrast")
-
-
-def map_baseline_scores(test_images_uint8: torch.Tensor, config: ModelConfig, mass: float = 0.6) -> dict:
-    """{'<name> map': {'object_iou': ..., 'object_iou_translated': ...}} of every map in MAP_BASELINES, on the
-    test images as they come and translated (`translated_test_images`), as a model's object IoUs are taken."""
-    variants = {"": test_images_uint8.cpu(), "_translated": translated_test_images(test_images_uint8.cpu(), config)}
-    maps = {suffix: prior_maps(images, config.patch_size) for suffix, images in variants.items()}
-    return {f"{name} map": {f"object_iou{suffix}": map_object_iou(maps[suffix][name], images, config.patch_size,
-                                                                  mass).mean().item()
-                            for suffix, images in variants.items()} for name in MAP_BASELINES}
-
-
-def translated(images_uint8: torch.Tensor, canvas: int, generator: torch.Generator) -> torch.Tensor:
-    """Each image on a blank canvas x canvas at a uniformly random position, wrapping around the borders (an
-    object cut by one border continues at the opposite one): every canvas position is covered equally often,
-    so a centre prior gains nothing (the object-awareness variant it cannot win; without the wrap, pasted
-    objects still cluster around the centre)."""
-    B, C, H, W = images_uint8.shape
-    if canvas < max(H, W):
-        raise ValueError(f"canvas {canvas} is smaller than the images ({H} x {W})")
-    out = torch.zeros(B, C, canvas, canvas, dtype=images_uint8.dtype, device=images_uint8.device)
-    out[:, :, :H, :W] = images_uint8
-    shifts = torch.randint(0, canvas, (B, 2), generator=generator).tolist()
-    return torch.stack([torch.roll(out[b], tuple(shifts[b]), dims=(1, 2)) for b in range(B)])
 
 
 def at_image_size(model: MixedAutoencoderViT, img_size: int) -> MixedAutoencoderViT:
@@ -364,28 +301,29 @@ def dependence_scores(model: MixedAutoencoderViT, anchors: torch.Tensor, neighbo
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
-def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDataset, epochs: int = 10,
-             batch_size: int = 256, blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
-             precision: str = "bf16", progress: bool = False) -> float:
-    """Short end-to-end fine-tuning (for GPU presets): the encoder as a stock timm ViT (global attention)
-    with a linear head on [CLS], AdamW with warm-up + cosine, RandomResizedCrop + flip. Returns top-1."""
+def train_classifier(model: MixedAutoencoderViT, train: TensorDataset, epochs: int = 10, batch_size: int = 256,
+                     blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, precision: str = "bf16",
+                     augment: bool = True, progress: bool = False) -> VisionTransformer:
+    """The encoder as a timm ViT (`timm_encoder`) with a linear head on [CLS], trained end to end with labels:
+    AdamW with one warm-up epoch + cosine, RandomResizedCrop + flip when `augment`. Returns the ViT (eval mode)."""
     device = next(model.parameters()).device
-    c = model.config
     vit = timm_encoder(model)
     vit.reset_classifier(train.num_classes)
     vit.to(device).train()
     steps_per_epoch = len(train) // batch_size
     if steps_per_epoch == 0:
-        raise ValueError(f"{len(train)} training images give no full fine-tuning batch of {batch_size}")
-    lrs = lr_schedule(blr * batch_size / 256, 0.0, epochs * steps_per_epoch, steps_per_epoch)  # 1 warm-up epoch
+        raise ValueError(f"{len(train)} training images give no full batch of {batch_size}")
+    lrs = lr_schedule(blr * batch_size / 256, 0.0, epochs * steps_per_epoch, steps_per_epoch)
     opt = make_optimizer(vit, float(lrs[0]), weight_decay, betas=(0.9, 0.999))
     g = torch.Generator(device).manual_seed(seed)
     step = 0
-    for _ in tqdm(range(epochs), disable=not progress, desc="fine-tune"):
+    for _ in tqdm(range(epochs), disable=not progress, desc="supervised training"):
         order = torch.randperm(len(train), generator=g, device=device)
         for i in range(steps_per_epoch):
             idx = order[i * batch_size:(i + 1) * batch_size]
-            x = random_resized_crop_flip(normalize(train.images[idx].to(device), train.name), c.img_size, g)
+            x = normalize(train.images[idx].to(device), train.name)
+            if augment:
+                x = random_resized_crop_flip(x, model.config.img_size, g)
             for group in opt.param_groups:
                 group["lr"] = float(lrs[step])
             with autocast(device, precision):
@@ -394,13 +332,25 @@ def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDatas
             loss.backward()
             opt.step()
             step += 1
-    vit.eval()
+    return vit.eval()
+
+
+@torch.no_grad()
+def classifier_accuracy(vit: VisionTransformer, test: TensorDataset, batch_size: int = 500) -> float:
+    device = next(vit.parameters()).device
     correct = 0
-    with torch.no_grad():
-        for start in range(0, len(test), 500):
-            x = normalize(test.images[start:start + 500].to(device), test.name)
-            correct += (vit(x).argmax(1).cpu() == test.labels[start:start + 500].cpu()).sum().item()
+    for start in range(0, len(test), batch_size):
+        x = normalize(test.images[start:start + batch_size].to(device), test.name)
+        correct += (vit(x).argmax(1).cpu() == test.labels[start:start + batch_size].cpu()).sum().item()
     return correct / len(test)
+
+
+def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDataset, epochs: int = 10,
+             batch_size: int = 256, blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
+             precision: str = "bf16", progress: bool = False) -> float:
+    """Short end-to-end fine-tuning (for GPU presets), `train_classifier` with augmentation. Returns top-1."""
+    vit = train_classifier(model, train, epochs, batch_size, blr, weight_decay, seed, precision, True, progress)
+    return classifier_accuracy(vit, test)
 
 
 # ------------------------------------------------------------------------------------------ whole models
@@ -423,24 +373,20 @@ def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, p
     tr = extract_features(model, train.images, train.name, ec.batch_size, progress)
     te = extract_features(model, test.images, test.name, ec.batch_size, progress)
     scores = frozen_scores(tr, train_y, te, test_y, ec, train.num_classes)
-    awareness = {"object_iou": None, "object_iou_translated": None}
-    if train.name in OBJECT_MASK_DATASETS:
-        shifted = translated_test_images(test.images, config)
-        awareness = {
-            "object_iou": object_awareness(model, test.images, test.name, ec.attention_layer, ec.attention_mass,
-                                           ec.batch_size).mean().item(),
-            "object_iou_translated": object_awareness(at_image_size(model, shifted.shape[-1]), shifted, test.name,
-                                                      ec.attention_layer, ec.attention_mass, ec.batch_size).mean().item()}
+    awareness = object_scores(model, test, ec)
+    awareness["cls_self_attention"] = cls_self_attention(model, test.images, test.name, ec.batch_size)
     extra = pretext_scores(model, config, test, ec.pretext_images) if pretext else {}
     return {**scores, **awareness, **extra, "train_images": len(train), "test_images": len(test)}
 
 
-def translated_test_images(images_uint8: torch.Tensor, config: ModelConfig) -> torch.Tensor:
-    """The test images at fixed random positions of a canvas 1.5 x their side (rounded up to an even number of
-    patches, so that the grid splits among G = 2 or 4 images), the same for every run."""
-    step = 2 * config.patch_size
-    canvas = -(-(config.img_size * 3 // 2) // step) * step
-    return translated(images_uint8, canvas, torch.Generator().manual_seed(4))
+def object_scores(model: MixedAutoencoderViT, test: TensorDataset, ec: EvalConfig) -> dict:
+    """{score_name(variant): mean object IoU} over the test variants of `object_variants` (None where the
+    dataset has no object masks)."""
+    if test.name not in OBJECT_MASK_DATASETS:
+        return {score_name(v): None for v in VARIANTS}
+    return {score_name(v): object_awareness(model, images, objects, test.name, ec.attention_layer, ec.attention_mass,
+                                            ec.batch_size).mean().item()
+            for v, (images, objects) in object_variants(test.images, model.config.patch_size).items()}
 
 
 @torch.no_grad()
@@ -490,10 +436,30 @@ def random_init_encoder(config: Config, device) -> MixedAutoencoderViT:
     return build_model(mae_twin(config)).to(device).eval()
 
 
+CONTROL = "supervised ViT (positive control)"
+
+
+def supervised_control(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
+    """The object-awareness measure's positive control: the shared-init encoder trained with labels, for
+    `ec.control_epochs`, on the training images made `cluttered` (their own clutter, drawn from another seed
+    than the test's), so that its [CLS] must find the object among fragments to name it. Scored as an encoder
+    is: {score_name(variant): IoU, 'accuracy_cluttered': its top-1 on the cluttered test images}."""
+    args = (config.img_size, config.in_chans, config.download, config.synthetic_size, config.seed)
+    train, test = load_dataset(config.dataset_kind, "train", *args), eval_splits(config, ec)[1]
+    train = dataclasses.replace(train, images=cluttered(train.images, torch.Generator().manual_seed(6))[0])
+    model = random_init_encoder(config, device)
+    vit = train_classifier(model, train.to(device), ec.control_epochs, config.batch_size, seed=config.seed,
+                           precision=config.precision, augment=False, progress=progress)
+    model.load_state_dict({k: v for k, v in vit.state_dict().items() if k.startswith(ENCODER_PREFIXES)}, strict=False)
+    test_cluttered = dataclasses.replace(test, images=object_variants(test.images, config.patch_size)["cluttered"][0])
+    return {**object_scores(model.eval(), test, ec), "accuracy_cluttered": classifier_accuracy(vit, test_cluttered)}
+
+
 def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
-    """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model, and the
-    object IoU of maps that look at no model (where objects have masks): {'random_init': scores,
-    'raw_pixels': scores, 'uniform map': ..., 'centre prior map': ...}."""
+    """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model, the
+    object IoU of maps that look at no model and, with `ec.control_epochs` and the seed `ec.control_seed`, of the
+    supervised positive control (where objects have masks; once, as it costs several pre-training runs):
+    {'random_init': scores, 'raw_pixels': scores, 'uniform map': ..., CONTROL: ...}."""
     base = mae_twin(config)
     random_init = random_init_encoder(config, device)
     result = {"random_init": evaluate_model(random_init, base, ec, progress, pretext=False)}
@@ -503,5 +469,7 @@ def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = Fal
                            ec, train.num_classes)
     result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
     if test.name in OBJECT_MASK_DATASETS:  # maps that look at no model: what a centred dataset gives for free
-        result.update(map_baseline_scores(test.images, base, ec.attention_mass))
+        result.update(map_baseline_scores(test.images, base.patch_size, ec.attention_mass))
+        if ec.control_epochs and config.seed == ec.control_seed:
+            result[CONTROL] = supervised_control(config, ec, device, progress)
     return result

@@ -81,6 +81,7 @@ class ModelConfig:
     hc_temperature: float = 0.1       # temperature of the SupCon loss (hc_form=features)
     hc_proj_dim: int = 128            # output width of the SupCon projection head (hc_form=features)
     cls_per_image: bool = True        # mixing: each image has its own [CLS], which reads that image only, is read by no patch and starts only its decoder (False: one shared [CLS] per sequence, as a ViT's)
+    cls_reads_itself: bool = False    # mixing with cls_per_image: the [CLS] query may read its own key too (True: the design before, whose [CLS] read its image in block 0 and then itself)
 
     def __post_init__(self):
         if self.homologous_layers is not None:
@@ -115,6 +116,11 @@ class ModelConfig:
     def default_topk(self) -> int:
         """rN: exactly an image's own patches (+ 1: a shared [CLS], which patches may read)."""
         return self.patch_keys - self.num_patches + self.num_patches // self.mix_group_size
+
+    @property
+    def per_image_cls(self) -> bool:
+        """Whether each image's [CLS] is read by no patch and reads only that image (`cls_per_image`, mixing)."""
+        return self.mixes and self.cls_per_image
 
     @property
     def cls_tokens(self) -> int:
@@ -158,7 +164,10 @@ class ModelConfig:
         defaults = {"topk": self.method == "mixedae" and self.topk == self.default_topk,
                     "seg_embed": self.seg_embed == ("encoder" if self.method == "mixedae" else "none"),
                     "homologous_layers": self.method == "mixedae" and self.homologous_layers == tuple(range(self.depth))}
-        return dataclasses.replace(self, **{name: None for name, is_default in defaults.items() if is_default})
+        canonical = dataclasses.replace(self, **{name: None for name, is_default in defaults.items() if is_default})
+        if not self.per_image_cls:  # a ViT's [CLS], which reads every token: the switch cannot change the model
+            canonical.cls_reads_itself = True
+        return canonical
 
     def validate(self):
         def bad(msg):
@@ -376,10 +385,11 @@ class HomologousBlock(Block):
         return x, extra
 
 
-def per_image_cls_mask(src: torch.Tensor, cls_slot: torch.Tensor | None, n_cls: int) -> torch.Tensor:
+def per_image_cls_mask(src: torch.Tensor, cls_slot: torch.Tensor | None, n_cls: int,
+                       reads_itself: bool = False) -> torch.Tensor:
     """Boolean attention mask [E, 1, T, T] (True: allowed, as SDPA) that gives every image of a mixed sequence
-    its own [CLS]: a [CLS] query reads its own image's patches and itself; no patch query reads a [CLS];
-    patch-to-patch pairs are left to the attention.
+    its own [CLS]: a [CLS] query reads its own image's patches (and, with `reads_itself`, its own key); no
+    patch query reads a [CLS]; patch-to-patch pairs are left to the attention.
 
     src [E, N] source slot of every patch; the `n_cls` leading [CLS] tokens belong to slots 0..n_cls-1
     (compose), or, with n_cls = 1, to `cls_slot` [E] (full: sequence j is image j's).
@@ -392,7 +402,8 @@ def per_image_cls_mask(src: torch.Tensor, cls_slot: torch.Tensor | None, n_cls: 
     token_src = torch.cat([owner, src], dim=1)  # [E, T]
     is_cls = torch.arange(token_src.shape[1], device=src.device) < n_cls
     cls_query, patch_key = is_cls.unsqueeze(1), ~is_cls.unsqueeze(0)
-    allowed = torch.where(cls_query, token_src.unsqueeze(2) == token_src.unsqueeze(1), patch_key)
+    own_image = token_src.unsqueeze(2) == token_src.unsqueeze(1)
+    allowed = torch.where(cls_query, own_image & (patch_key | reads_itself), patch_key)
     return allowed.unsqueeze(1)
 
 
@@ -540,13 +551,25 @@ class MixedAutoencoderViT(nn.Module):
     def _cls(self, n):
         return (self.cls_token + self.pos_embed[:, :1, :]).expand(n, -1, -1)
 
+    def unmixed_attn_mask(self, num_patches: int) -> torch.Tensor | None:
+        """The attention mask pre-training gave one image's tokens ([CLS] first), for an unmixed image of
+        `num_patches` patches: with a per-image [CLS], no patch reads it (and it reads only patches unless
+        `cls_reads_itself`); None for a ViT's [CLS] (MAE, shared [CLS]), which reads and is read by all."""
+        c = self.config
+        if not c.per_image_cls:
+            return None
+        one_image = torch.zeros(1, num_patches, dtype=torch.long, device=self.pos_embed.device)
+        return per_image_cls_mask(one_image, one_image[:, 0], 1, c.cls_reads_itself)
+
     def forward_features(self, imgs, return_attention=False):
-        """Single unmixed images, no masking, global attention: what a stock timm ViT computes.
+        """Single unmixed images, no masking, global attention among the patches, and the [CLS] attention
+        structure of pre-training (`unmixed_attn_mask`): what `timm_encoder`'s ViT computes.
 
         Returns normalised tokens [B, 1 + N, D] (and the attention of every block if asked).
         """
         x = self.patch_embed(imgs) + self.pos_embed[:, 1:, :]
-        x, extras = self.encode(torch.cat([self._cls(x.shape[0]), x], dim=1), None, return_attention)
+        x, extras = self.encode(torch.cat([self._cls(x.shape[0]), x], dim=1), None, return_attention,
+                                attn_mask=self.unmixed_attn_mask(x.shape[1]))
         return (x, [e.probs for e in extras]) if return_attention else x
 
     # ------------------------------------------------------------------ forward
@@ -594,8 +617,8 @@ class MixedAutoencoderViT(nn.Module):
         same_image = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1).float() if attention_loss else None
         E, n_cls = mixed.shape[0], c.cls_tokens
         slot = torch.arange(B, device=imgs.device) % G
-        cls_mask = per_image_cls_mask(src, slot if c.mix_mode == "full" else None,
-                                      n_cls) if c.cls_per_image else None
+        cls_mask = per_image_cls_mask(src, slot if c.mix_mode == "full" else None, n_cls,
+                                      c.cls_reads_itself) if c.cls_per_image else None
         # K >= every key a patch query may read selects nothing: global attention (the mask still applies)
         topk = c.resolved_topk if c.resolved_topk is not None and c.resolved_topk < c.patch_keys else None
         latent, extras = self.encode(torch.cat([self._cls(E).expand(-1, n_cls, -1), mixed], dim=1),
@@ -663,11 +686,27 @@ def encoder_state_dict(model: MixedAutoencoderViT) -> dict:
     return {k: v for k, v in model.state_dict().items() if k.startswith(ENCODER_PREFIXES)}
 
 
+class PretrainedViT(VisionTransformer):
+    """A stock timm ViT that applies, unless given another, the attention mask pre-training gave an unmixed
+    image's tokens (`MixedAutoencoderViT.unmixed_attn_mask`; None: plain global attention)."""
+
+    def __init__(self, *args, attn_mask: torch.Tensor | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register_buffer("pretraining_attn_mask", attn_mask, persistent=False)
+
+    def forward_features(self, x, attn_mask=None, is_causal=False):
+        if attn_mask is None and not is_causal:
+            attn_mask = self.pretraining_attn_mask
+        return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
+
+
 def timm_encoder(model: MixedAutoencoderViT) -> VisionTransformer:
-    """A stock timm ViT (global attention, [CLS] pooling, no head) holding the model's encoder."""
+    """A timm ViT ([CLS] pooling, no head) holding the model's encoder and computing what its
+    `forward_features` computes."""
     c = model.config
-    vit = VisionTransformer(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans,
-                            embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
-                            qkv_bias=True, num_classes=0, global_pool="token")
+    vit = PretrainedViT(img_size=c.img_size, patch_size=c.patch_size, in_chans=c.in_chans,
+                        embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads, mlp_ratio=c.mlp_ratio,
+                        qkv_bias=True, num_classes=0, global_pool="token",
+                        attn_mask=model.unmixed_attn_mask(c.num_patches))
     vit.load_state_dict(encoder_state_dict(model), strict=True)
     return vit.to(next(model.parameters()).device)

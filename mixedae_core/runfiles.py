@@ -135,7 +135,7 @@ def read_checkpoint(run_dir, device="cpu") -> dict:
 def load_model(run_dir, device="cpu"):
     """(model in eval mode, Config) of a run directory's newest checkpoint."""
     ckpt = read_checkpoint(run_dir, device)
-    config = Config(**ckpt["config"])
+    config = Config.from_dict(ckpt["config"])
     model = build_model(config).to(device)
     model.load_state_dict(ckpt["model"])
     return model.eval(), config

@@ -254,7 +254,7 @@ def checkpoint_to_resume(config: Config, run_dir: Path, resume: bool, device) ->
     if not resume:
         raise RunExistsError(f"{run_dir} already holds a run (checkpoint.pt): resume it, or choose another directory")
     ckpt = read_checkpoint(run_dir, device)
-    trained, requested = Config(**ckpt["config"]).result_fields(), config.result_fields()
+    trained, requested = Config.from_dict(ckpt["config"]).result_fields(), config.result_fields()
     changed = [k for k in requested if trained[k] != requested[k]]
     if changed:
         schedule = (" A run cannot be extended: epochs and max_steps shape the learning-rate schedule from its first "

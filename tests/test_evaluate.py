@@ -9,9 +9,10 @@ from mixedae_core.config import make_config
 from mixedae_core.data import make_synthetic
 from mixedae_core.config import EvalConfig
 from mixedae_core.lab.runs import evaluate_run
-from mixedae_core.evaluate import (attention_map, attention_region, shared_position_loss, finetune,
-                                   foreground_patches, iou, knn_accuracy, linear_probe_accuracy, object_awareness)
+from mixedae_core.evaluate import (attention_map, shared_position_loss, finetune, knn_accuracy, linear_probe_accuracy,
+                                   object_awareness)
 from mixedae_core.model import build_model
+from mixedae_core.objects import foreground_patches
 from mixedae_core.train import train
 
 
@@ -48,34 +49,6 @@ def test_linear_probe_separable_and_unlearnable():
     assert linear_probe_accuracy(x, random_y, xt, yt) < 0.5  # labels unrelated to features: near chance
 
 
-def test_attention_region_holds_the_asked_mass():
-    attn = torch.tensor([[[0.5, 0.3], [0.2, 0.0]]])
-    assert attention_region(attn, 0.6).tolist() == [[[True, True], [False, False]]]
-    assert attention_region(attn, 0.4).tolist() == [[[True, False], [False, False]]]
-    assert attention_region(attn, 0.95).tolist() == [[[True, True], [True, False]]]
-    # a [CLS] that attends to itself alone leaves no mass on the patches: an empty region, not an error
-    both = attention_region(torch.stack([torch.zeros(2, 2), attn[0]]), 0.6)
-    assert both.tolist() == [[[False, False], [False, False]], [[True, True], [False, False]]]
-
-
-def test_attention_equal_to_the_mask_gives_iou_1():
-    mask = torch.zeros(3, 8, 8, dtype=torch.bool)
-    mask[0, 2:5, 3:6] = True
-    mask[1, :, :4] = True
-    mask[2, 7, 7] = True
-    attn = mask.float() / mask.flatten(1).sum(1).view(-1, 1, 1)  # uniform on the object
-    torch.testing.assert_close(iou(attention_region(attn, 0.6), mask), torch.ones(3))
-    assert (iou(attention_region(attn, 0.6), ~mask) == 0).all()
-    assert iou(mask, mask[[1, 2, 0]]).lt(1).all()
-
-
-def test_foreground_patches_from_pixels():
-    img = torch.zeros(1, 1, 8, 8, dtype=torch.uint8)
-    img[0, 0, :4, :4] = 200          # patch (0, 0) fully on
-    img[0, 0, 4, 4] = 10             # patch (1, 1): 1 of 16 pixels
-    assert foreground_patches(img, 4).tolist() == [[[True, False], [False, False]]]
-
-
 def test_attention_maps_and_object_awareness_on_a_model():
     model = build_model(make_config("smoke", method="mixedae")).eval()
     data = make_synthetic(12, img_size=16)
@@ -84,7 +57,7 @@ def test_attention_maps_and_object_awareness_on_a_model():
     assert cls.shape == (12, 2, 4, 4) and (cls.flatten(2).sum(-1) <= 1 + 1e-5).all()
     _, attentions = model.forward_features(images, return_attention=True)
     torch.testing.assert_close(attention_map(model, images, layer=0, query=5).flatten(2), attentions[0][:, :, 6, 1:])
-    scores = object_awareness(model, data.images, "synthetic")
+    scores = object_awareness(model, data.images, foreground_patches(data.images, 4), "synthetic")
     assert scores.shape == (12,) and ((scores >= 0) & (scores <= 1)).all()
 
 
@@ -127,9 +100,10 @@ def test_evaluate_run_writes_and_caches_eval_json(smoke_run):
     pretext = {k for k in result["scores"]["encoder"] if k.startswith(("shared_loss_", "floor_", "dose_"))}
     assert {"shared_loss_random", "floor_class", "dose_reliance_same_image", "dose_pred_change"} <= pretext
     assert all(0 <= v <= 1 for s in result["scores"].values() for k, v in s.items()  # accuracies and IoUs
-               if not k.endswith("_images") and k not in pretext)
+               if not k.endswith("_images") and k not in pretext and k != "cls_self_attention")
+    assert all(0 <= v <= 1 for v in result["scores"]["encoder"]["cls_self_attention"])
     assert not pretext & set(result["scores"]["random_init"])
-    assert {"object_iou", "object_iou_translated"} <= set(result["scores"]["centre prior map"])
+    assert {"object_iou", "object_iou_translated", "object_iou_cluttered"} <= set(result["scores"]["centre prior map"])
     assert result["scores"]["encoder"]["shared_loss_random"] > 0
     assert len(list((smoke_run.parent / "baselines").iterdir())) == 1  # shared by every run of these sizes
     stamp = (smoke_run / "eval.json").stat().st_mtime_ns

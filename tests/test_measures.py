@@ -7,9 +7,7 @@ import torch
 
 from mixedae_core.config import make_config
 from mixedae_core.evaluate import (at_image_size, content_floor, dependence_layouts, dependence_scores, grouping_chance,
-                                   map_baseline_scores, map_object_iou, mixed_grouping, own_image_attention,
-                                   prior_maps,
-                                   shared_position_loss, translated)
+                                   mixed_grouping, own_image_attention, shared_position_loss)
 from mixedae_core.losses import normalize_patches, patchify, reconstruction_loss
 from mixedae_core.mixing import draw_partition
 from mixedae_core.model import build_model
@@ -108,44 +106,6 @@ def test_dependence_layouts_hold_what_they_say():
     used = torch.cat([ids["unrelated"].flatten(), ids["random"].flatten(), ids["class"].flatten()])
     assert not set(anchor_ids.tolist()) & set(used.tolist())
     assert not set(ids["unrelated"].flatten().tolist()) & set(ids["random"].flatten().tolist())
-
-
-def centred_objects(n=400, size=32, seed=0):
-    """Filled rectangles of random size around the image centre, as Fashion-MNIST's objects are centred."""
-    g = torch.Generator().manual_seed(seed)
-    images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
-    for i in range(n):
-        h, w = torch.randint(8, 17, (2,), generator=g).tolist()
-        top, left = (size - h) // 2, (size - w) // 2
-        images[i, 0, top:top + h, left:left + w] = 200
-    return images
-
-
-def iou_of(name, images, patch_size=4):
-    return map_object_iou(prior_maps(images, patch_size)[name], images, patch_size).mean().item()
-
-
-def test_a_centre_prior_wins_on_centred_objects_and_not_once_they_move():
-    centred = centred_objects()
-    moved = translated(centred, 48, torch.Generator().manual_seed(1))
-    assert iou_of("oracle", centred) == 1 and iou_of("oracle", moved) == 1
-    assert iou_of("centre prior", centred) > 2 * iou_of("uniform", centred)  # the bias the variant removes
-    assert iou_of("centre prior", moved) <= iou_of("uniform", moved) + 0.02
-    assert moved.shape == (400, 1, 48, 48) and torch.equal(moved.flatten(1).sum(1), centred.flatten(1).sum(1))
-
-
-def test_on_a_black_background_brightness_alone_finds_the_object():
-    """Why a [CLS]-map IoU on Fashion-MNIST cannot show object awareness: the intensity map needs no model."""
-    moved = translated(centred_objects(), 48, torch.Generator().manual_seed(1))
-    # uniform objects on black: the brightest patches holding 60 % of the brightness are most of the object
-    assert iou_of("intensity", moved) > 0.8 > 5 * iou_of("uniform", moved)
-    assert iou_of("uniform", moved) < iou_of("local contrast", moved) < iou_of("intensity", moved)  # edges only
-
-
-def test_map_baselines_are_scored_as_a_model_is():
-    scores = map_baseline_scores(centred_objects(n=40), make_config("smoke", in_chans=1, img_size=32))
-    assert set(scores) == {"uniform map", "centre prior map", "intensity map", "local contrast map"}
-    assert scores["intensity map"]["object_iou_translated"] > 0.8 > 5 * scores["uniform map"]["object_iou_translated"]
 
 
 def test_the_encoder_at_another_image_size_is_the_same_encoder():

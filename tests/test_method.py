@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention
 
-from mixedae_core import ModelConfig, build_model, encoder_state_dict
+from mixedae_core import ModelConfig, build_model, encoder_state_dict, timm_encoder
 from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
 from mixedae_core.model import HomologousAttention, TopKAttention, per_image_cls_mask, topk_accuracy
@@ -244,18 +244,6 @@ def test_weights_move_between_methods():
     assert not missing and set(unexpected) == {k for k in mixedae.state_dict() if k.startswith(("seg_embed", "hc_head"))}
 
 
-def test_mixedae_encoder_loads_into_timm_vit_with_identical_features():
-    model = build_model(tiny("mixedae")).eval()
-    c = model.config
-    vit = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=c.img_size, patch_size=c.patch_size,
-                            in_chans=c.in_chans, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
-                            num_classes=0).eval()
-    vit.load_state_dict(encoder_state_dict(model), strict=True)
-    x = images(4)
-    with torch.no_grad():
-        torch.testing.assert_close(vit.forward_features(x), model.forward_features(x), rtol=0, atol=1e-6)
-
-
 def test_topk_accuracy_diagnostic():
     model = build_model(tiny("mixedae")).eval()
     with torch.no_grad():
@@ -287,7 +275,7 @@ def test_attention_maps_for_mixed_sequences_and_single_images():
         feats, single = model.forward_features(images(3), return_attention=True)
     assert len(out.attentions) == 2 and out.attentions[0].shape == (2, 2, 20, 20)  # G = 4 [CLS] + 16 patches
     assert ((out.attentions[0][:, :, 4:] > 0).sum(-1) == 4).all()  # TopK: rN = 4 keys per patch query, no [CLS]
-    assert len(single) == 2 and single[0].shape == (3, 2, 17, 17) and (single[0] > 0).all()  # global
+    assert len(single) == 2 and single[0].shape == (3, 2, 17, 17) and (single[0][:, :, 1:, 1:] > 0).all()  # global
     assert feats.shape == (3, 17, 32)
     with torch.no_grad():
         assert model(images(8)).attentions is None  # returned on request only, never kept on the modules
@@ -439,18 +427,70 @@ def test_homologous_keys_that_dominate_the_logits_give_topk_accuracy_1():
 
 
 def test_per_image_cls_mask_on_a_hand_worked_sequence():
-    """A [CLS] query reads its own image's patches and itself; a patch query reads every patch, no [CLS]."""
+    """A [CLS] query reads its own image's patches (and itself only with reads_itself); a patch query reads every
+    patch, no [CLS]."""
     src = torch.tensor([[0, 1, 1, 0]])
     allowed = per_image_cls_mask(src, None, 2)[0, 0].int()  # tokens: [CLS]0, [CLS]1, p0 (0), p1 (1), p2 (1), p3 (0)
-    assert allowed.tolist() == [[1, 0, 1, 0, 0, 1],
-                                [0, 1, 0, 1, 1, 0],
+    assert allowed.tolist() == [[0, 0, 1, 0, 0, 1],
+                                [0, 0, 0, 1, 1, 0],
                                 [0, 0, 1, 1, 1, 1],
                                 [0, 0, 1, 1, 1, 1],
                                 [0, 0, 1, 1, 1, 1],
                                 [0, 0, 1, 1, 1, 1]]
+    with_itself = per_image_cls_mask(src, None, 2, reads_itself=True)[0, 0].int()
+    assert with_itself[:2].tolist() == [[1, 0, 1, 0, 0, 1], [0, 1, 0, 1, 1, 0]]
+    assert torch.equal(with_itself[2:], allowed[2:])
     full = per_image_cls_mask(src.expand(2, -1), torch.tensor([0, 1]), 1)[:, 0].int()  # one [CLS] per sequence
-    assert full[:, 0].tolist() == [[1, 1, 0, 0, 1], [1, 0, 1, 1, 0]]
+    assert full[:, 0].tolist() == [[0, 1, 0, 0, 1], [0, 0, 1, 1, 0]]
     assert (full[:, 1:, 0] == 0).all() and (full[:, 1:, 1:] == 1).all()
+
+
+def read_pattern(probs: torch.Tensor, n_cls: int) -> dict:
+    """Which kinds of keys each kind of query attends to ([E, H, T, T] probabilities): reads of the [CLS] by
+    patches, of itself by a [CLS], and of patches by a [CLS] and by patches (True: some weight, in every row)."""
+    cls_rows, patch_rows = probs[:, :, :n_cls], probs[:, :, n_cls:]
+    return {"patch reads a [CLS]": bool((patch_rows[..., :n_cls] > 0).any()),
+            "[CLS] reads itself": bool((cls_rows[..., :n_cls].diagonal(dim1=-2, dim2=-1) > 0).any()),
+            "[CLS] reads patches": bool((cls_rows[..., n_cls:] > 0).any(-1).all()),
+            "patch reads patches": bool((patch_rows[..., n_cls:] > 0).any(-1).all())}
+
+
+@pytest.mark.parametrize("method,mode,reads_itself", [("mae", "compose", False), ("naive", "compose", False),
+                                                      ("mixedae", "compose", False), ("mixedae", "full", False),
+                                                      ("mixedae", "compose", True)])
+def test_evaluation_reads_as_pretraining_did(method, mode, reads_itself):
+    """On one unmixed image, forward_features and the timm export give each kind of token the reads that
+    pre-training gave it: with a per-image [CLS], no patch reads it, and it reads patches (itself only with
+    `cls_reads_itself`); MAE's [CLS] reads and is read by everything in both."""
+    c = tiny(method, mix_mode=mode, cls_reads_itself=reads_itself, **({"topk": 16} if method == "mixedae" else {}))
+    model = build_model(c).eval()
+    with torch.no_grad():
+        pretraining = model(images(8), return_attention=True).attentions
+        _, evaluation = model.forward_features(images(3), return_attention=True)
+    for pre, ev in zip(pretraining, evaluation):
+        assert read_pattern(pre, c.cls_tokens) == read_pattern(ev, 1)
+    per_image = method != "mae"
+    assert read_pattern(evaluation[0], 1) == {"patch reads a [CLS]": not per_image,
+                                              "[CLS] reads itself": reads_itself or not per_image,
+                                              "[CLS] reads patches": True, "patch reads patches": True}
+
+
+def test_timm_export_computes_what_the_encoder_computes():
+    """The export applies the pre-training mask by itself; a stock timm ViT needs it passed, and without it the
+    patches read the [CLS], a path no weight of a per-image [CLS] model was trained for."""
+    model = build_model(tiny("mixedae")).eval()
+    c = model.config
+    stock = timm.create_model("vit_tiny_patch16_224", pretrained=False, img_size=c.img_size, patch_size=c.patch_size,
+                              in_chans=c.in_chans, embed_dim=c.embed_dim, depth=c.depth, num_heads=c.num_heads,
+                              num_classes=0).eval()
+    stock.load_state_dict(encoder_state_dict(model), strict=True)
+    x = images(4)
+    with torch.no_grad():
+        ours = model.forward_features(x)
+        torch.testing.assert_close(timm_encoder(model).forward_features(x), ours, rtol=0, atol=1e-6)
+        torch.testing.assert_close(stock.forward_features(x, attn_mask=model.unmixed_attn_mask(c.num_patches)), ours,
+                                   rtol=0, atol=1e-6)
+        assert (stock.forward_features(x) - ours).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("mode", ["compose", "full"])

@@ -39,7 +39,7 @@ def test_every_committed_record_is_found_under_its_run_key():
     records = sorted((REPO / "results" / "runs").glob("*/*/config.json"))
     assert records, "no committed records"
     for path in records:
-        config = Config(**json.loads(path.read_text()))
+        config = Config.from_dict(json.loads(path.read_text()))
         assert run_dir_for(config, path.parent.parent).name == path.parent.name, path
 
 
@@ -82,3 +82,14 @@ def test_bf16_training_on_a_cpu_is_deterministic_and_differs_from_fp32(tmp_path)
     assert s1["config"]["precision"] == "bf16" and torch.isfinite(torch.tensor(s1["final"]["loss"]))
     assert not all(torch.equal(w1[k], w32[k]) for k in w1)  # autocast was in effect
     assert s1["final"]["loss"] == pytest.approx(s32["final"]["loss"], rel=0.05)
+
+
+def test_the_cls_design_is_in_the_key_of_the_runs_it_changes_only():
+    new, old = make_config("smoke", method="mixedae"), make_config("smoke", method="mixedae", cls_reads_itself=True)
+    assert not new.cls_reads_itself and run_key(new, CODE_VERSION) != run_key(old, CODE_VERSION)
+    written_before = {k: v for k, v in old.to_dict().items() if k != "cls_reads_itself"}
+    assert Config.from_dict(written_before).cls_reads_itself  # what that run computed, not today's default
+    assert run_key(Config.from_dict(written_before), CODE_VERSION) == run_key(old, CODE_VERSION)
+    for unchanged in (dict(method="mae"), dict(method="mixedae", cls_per_image=False)):  # a ViT's [CLS] either way
+        assert run_key(make_config("smoke", **unchanged), CODE_VERSION) == \
+            run_key(make_config("smoke", **unchanged, cls_reads_itself=True), CODE_VERSION)

@@ -171,8 +171,17 @@ def evaluate(argv):
     except (FileNotFoundError, DatasetError, CheckpointError, RunFileError, ValueError) as err:
         fail(err)
     for name, scores in result["scores"].items():
-        print(f"{name:12s} " + "  ".join(f"{k} {v:.4f}" for k, v in scores.items() if not k.endswith("_images")))
+        print(f"{name:12s} " + "  ".join(f"{k} {score_text(v)}" for k, v in scores.items() if not k.endswith("_images")))
     print(f"written to {args.run_dir}/eval.json")
+
+
+def score_text(value) -> str:
+    """A score as the evaluate command prints it: a number, a per-block list, or '-' where not measured."""
+    if value is None:
+        return "-"
+    if isinstance(value, list):
+        return "[" + " ".join(f"{v:.3f}" for v in value) + "]"
+    return f"{value:.4f}"
 
 
 def record(argv):

@@ -20,7 +20,7 @@ from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, load
 from ..train import CODE_VERSION, available_device, train
 from .provenance import REPO, provenance, stamp
 
-EVAL_VERSION = "3"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
+EVAL_VERSION = "4"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
 RECORD_FILES = (CONFIG, METRICS, SUMMARY, "eval.json")  # eval.json last: it marks a whole record
 
 
@@ -57,7 +57,8 @@ def eval_key(ec: EvalConfig) -> dict:
 def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: bool = False) -> dict:
     """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines,
     since every run of a comparison shares them."""
-    depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device"}
+    depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device",
+                                                                      "precision"}
     key = run_key(mae_twin(config), EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
     path = Path(root) / "baselines" / f"{key}.json"
     if path.exists():

@@ -24,6 +24,7 @@ from .provenance import REPO, provenance
 from .runs import ensure_run, evaluate_run, export_record, record_is_current, run_dir_for
 
 SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou", "object_iou_translated",
+          "object_iou_cluttered", "cls_self_attention",
           "shared_loss_random", "floor_random", "shared_loss_class", "floor_class",
           *(f"dose_{kind}_{layout}" for layout in DEPENDENCE_LAYOUTS for kind in ("loss", "reliance")),
           "dose_floor", "dose_sensitivity", "dose_pred_change")
@@ -136,6 +137,27 @@ class Suite:
         scores = self.evaluation(**overrides)["scores"]
         return pd.DataFrame([{"baseline": name, **{k: v for k, v in s.items() if not k.endswith("_images")}}
                              for name, s in scores.items() if name != "encoder"])
+
+    def reference(self, columns: list[str]) -> pd.DataFrame:
+        """Every baseline's `columns`, mean over the suite's seeds (from the MAE records, which hold the
+        baselines every method of a seed shares), one row per baseline."""
+        per_seed = [self.baselines(method="mae", seed=s).set_index("baseline") for s in self.seeds]
+        present = [c for c in columns if all(c in b for b in per_seed)]
+        return pd.concat([b[present] for b in per_seed]).groupby(level=0, sort=False).mean().rename_axis("baseline")
+
+    @staticmethod
+    def measure_check(scores: pd.Series, trivial: list[str], checks: list[str]) -> str:
+        """One conclusion line: does the measure pass its validation, oracle >= positive control > every
+        trivial baseline (`scores` by baseline name; `checks` = [oracle, positive control])?"""
+        best = scores[trivial].idxmax()
+        if len(checks) < 2:
+            return f"- Check of the measure: no positive control was measured; best trivial baseline {best} " \
+                   f"{100 * scores[best]:.1f}."
+        oracle, control = (scores[name] for name in checks)
+        holds = oracle >= control > scores[best]
+        return (f"- Check of the measure: oracle {100 * oracle:.1f} ≥ positive control {100 * control:.1f} > best "
+                f"trivial baseline ({best}) {100 * scores[best]:.1f}: **{'holds' if holds else 'does not hold'}**"
+                + ("." if holds else "; the models' scores on this variant cannot be read as object awareness."))
 
     def test_images(self, n: int, seed: int = 0, **overrides):
         """(normalised images on the device, uint8 images, labels): n test images of the preset's data,
