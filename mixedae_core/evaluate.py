@@ -1,8 +1,8 @@
 """Evaluation of a pre-trained encoder: frozen features (kNN, linear probe), optional fine-tuning,
 attention maps and object awareness, and the diagnostics of the ablations (cross-image reliance).
 
-Features come from the encoder with global attention on whole, unmixed images (`forward_features`):
-what a stock timm ViT loaded with the encoder computes. Two features per image: the [CLS] token and
+Features come from the encoder on whole, unmixed images (`forward_features`: global attention among the patches,
+the [CLS] attention structure of pre-training): what `timm_encoder`'s ViT computes. Two features per image: the [CLS] token and
 the mean of the patch tokens, both after the final norm.
 """
 import dataclasses
@@ -16,7 +16,7 @@ from .config import Config, EvalConfig
 from .data import TensorDataset, epoch_order, load_dataset, normalize, random_resized_crop_flip
 from .mixing import draw_partition, mix_tokens
 from .losses import normalize_patches, patchify, reconstruction_loss
-from .model import ENCODER_PREFIXES, MixedAutoencoderViT, ModelConfig, build_model, timm_encoder
+from .model import ENCODER_PREFIXES, MixedAutoencoderViT, ModelConfig, build_model, per_image_cls_mask, timm_encoder
 from .objects import (OBJECT_MASK_DATASETS, VARIANTS, cluttered, map_baseline_scores, map_object_iou, object_variants,
                       score_name)
 from .train import autocast, lr_schedule, make_optimizer
@@ -145,18 +145,22 @@ def grouping_chance(config: ModelConfig) -> float:
 def mixed_grouping(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, noise: torch.Tensor,
                    segments: bool = False) -> list[float]:
     """Per encoder block, `own_image_attention` when the images, in consecutive groups of G = 1/mix_ratio, are
-    mixed as in compose pre-training (one shared [CLS]), with global attention for every method: no TopK and,
-    unless `segments`, no segment embedding. Does an encoder group patches by their content? A model that
-    learned to follow the segment embedding scores 1 with `segments` for that reason alone (a positive control).
-    noise [B/G, N]: the partition noise, the same for every model compared."""
+    mixed as in compose pre-training, with the model's [CLS] structure (one per image, read by no patch, for the
+    mixing methods' per-image [CLS]; one shared [CLS] for MAE's) and global attention among the patches for every
+    method: no TopK and, unless `segments`, no segment embedding. Does an encoder group patches by their content?
+    A model that learned to follow the segment embedding scores 1 with `segments` for that reason alone (a
+    positive control). noise [B/G, N]: the partition noise, the same for every model compared."""
     model.eval()
     c = model.config
     x = model.patch_embed(normalize(images_uint8.to(noise.device), dataset)) + model.pos_embed[:, 1:, :]
     mixed, src, _ = mix_tokens(x, draw_partition(len(noise), c.num_patches, c.mix_group_size, noise), "compose")
     if segments and c.resolved_seg_embed == "encoder":
         mixed = mixed + F.embedding(src, model.seg_embed)
-    _, extras = model.encode(torch.cat([model._cls(len(mixed)), mixed], dim=1), None, return_attention=True)
-    return [own_image_attention(e.probs, src).item() for e in extras]
+    n_cls = c.mix_group_size if c.per_image_cls else 1
+    mask = per_image_cls_mask(src, None, n_cls, c.cls_reads_itself) if c.per_image_cls else None
+    tokens = torch.cat([model._cls(len(mixed)).expand(-1, n_cls, -1), mixed], dim=1)
+    _, extras = model.encode(tokens, None, return_attention=True, attn_mask=mask, n_cls=n_cls)
+    return [own_image_attention(e.probs, src, n_cls).item() for e in extras]
 
 
 @torch.no_grad()

@@ -699,6 +699,11 @@ class PretrainedViT(VisionTransformer):
             attn_mask = self.pretraining_attn_mask
         return super().forward_features(x, attn_mask=attn_mask, is_causal=is_causal)
 
+    def forward_intermediates(self, x, *args, attn_mask=None, is_causal=False, **kwargs):
+        if attn_mask is None and not is_causal:
+            attn_mask = self.pretraining_attn_mask
+        return super().forward_intermediates(x, *args, attn_mask=attn_mask, is_causal=is_causal, **kwargs)
+
 
 def timm_encoder(model: MixedAutoencoderViT) -> VisionTransformer:
     """A timm ViT ([CLS] pooling, no head) holding the model's encoder and computing what its

@@ -13,7 +13,9 @@ import torch.nn.functional as F
 # nearly every pixel is > 0, so no object IoU is reported for them. The generated test images count too,
 # only so that the smoke preset exercises the code: their numbers mean nothing.
 OBJECT_MASK_DATASETS = ("fashion-mnist", "synthetic")
-MAP_BASELINES = ("uniform", "centre prior", "intensity", "local contrast")
+# The maps of `prior_maps` that a model must beat: they look at no model, or (another image's object) know where
+# objects are in general but not in this image. The oracle is the measure's ceiling, not a baseline.
+TRIVIAL_MAPS = ("uniform", "centre prior", "intensity", "local contrast", "another image's object")
 VARIANTS = ("centred", "translated", "cluttered")
 
 

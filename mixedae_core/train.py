@@ -24,7 +24,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
-from .config import Config, device_name_error
+from .config import LEGACY_VALUES, Config, device_name_error
 from .data import training_batches
 from .model import build_model, recognition_warnings
 from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, RunLock, read_checkpoint, read_metrics,
@@ -255,6 +255,8 @@ def checkpoint_to_resume(config: Config, run_dir: Path, resume: bool, device) ->
         raise RunExistsError(f"{run_dir} already holds a run (checkpoint.pt): resume it, or choose another directory")
     ckpt = read_checkpoint(run_dir, device)
     trained, requested = Config.from_dict(ckpt["config"]).result_fields(), config.result_fields()
+    trained, requested = ({k: fields.get(k, LEGACY_VALUES.get(k)) for k in trained | requested}
+                          for fields in (trained, requested))  # a field at its legacy value is left out of both
     changed = [k for k in requested if trained[k] != requested[k]]
     if changed:
         schedule = (" A run cannot be extended: epochs and max_steps shape the learning-rate schedule from its first "

@@ -160,3 +160,15 @@ def test_grouping_of_mae_is_measured_on_the_same_groups():
     images = (torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
     scores = mixed_grouping(model, images, "synthetic", noise_for(8))
     assert len(scores) == model.config.depth and all(0 <= s <= 1 for s in scores)
+
+
+def test_grouping_gives_a_per_image_cls_model_the_cls_structure_it_was_trained_with():
+    """Its patches never read a [CLS] in pre-training, so they read none here either: a [CLS] token made
+    different changes nothing for them, where MAE's patches, which read their [CLS], are moved."""
+    images = (torch.rand(8, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)
+    for method, moved in (("mixedae", False), ("mae", True)):
+        model = smoke_model(method)
+        before = mixed_grouping(model, images, "synthetic", noise_for(8))
+        with torch.no_grad():
+            model.cls_token.copy_(10 * torch.randn(model.cls_token.shape, generator=torch.Generator().manual_seed(1)))
+        assert (mixed_grouping(model, images, "synthetic", noise_for(8)) != before) == moved, method

@@ -235,6 +235,15 @@ def test_resume_accepts_its_own_config(tmp_path):
         train(small(epochs=1, homologous_layers=(0,)), tmp_path, progress=False)
 
 
+def test_resume_refuses_a_switch_at_its_legacy_value_that_the_checkpoint_did_not_have(tmp_path):
+    """A field at the value runs computed with before it existed is left out of the run key; resuming must still
+    see that it differs from the checkpoint's (here: a [CLS] that reads itself, on a checkpoint whose did not)."""
+    train(small(epochs=1), tmp_path, progress=False)
+    for switched in (dict(cls_reads_itself=True), dict(precision="bf16")):
+        with pytest.raises(RunExistsError, match=next(iter(switched))):
+            train(small(epochs=1, **switched), tmp_path, progress=False)
+
+
 def test_same_seed_same_numbers(tmp_path):
     train(small(epochs=2), tmp_path / "a", progress=False)
     train(small(epochs=2), tmp_path / "b", progress=False)

@@ -6,6 +6,7 @@ eval.json, and no checkpoint: small enough to commit. Tables come from records, 
 regenerate every table without training.
 """
 import dataclasses
+import fcntl
 import hashlib
 import json
 import os
@@ -61,11 +62,13 @@ def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: boo
                                                                       "precision"}
     key = run_key(mae_twin(config), EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
     path = Path(root) / "baselines" / f"{key}.json"
-    if path.exists():
-        return json.loads(path.read_text())
-    result = baseline_scores(config, ec, device, progress)
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(result, indent=1))
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # runs side by side share them: the second waits and reads the first's
+        if path.exists():
+            return json.loads(path.read_text())
+        result = baseline_scores(config, ec, device, progress)
+        write_text_atomic(path, json.dumps(result, indent=1))
     return result
 
 
