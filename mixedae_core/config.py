@@ -1,5 +1,6 @@
-"""The configs: `Config` (one pre-training run: model switches + data + optimisation), `EvalConfig` (the
-evaluation recipe) and the named presets, each with everything that differs between presets.
+"""The configs: `ModelConfig` (the model's switches and their validation), `Config` (one pre-training run:
+model switches + data + optimisation), `EvalConfig` (the evaluation recipe) and the named presets, each
+with everything that differs between presets.
 
 `Config` extends `ModelConfig`, so `build_model(config)` takes it as it is. The CLI, the presets and the
 notebooks all produce a `Config`; every field can be overridden by name. The comment after each field is
@@ -8,13 +9,13 @@ its documentation: the command line's `--help` is generated from it.
 import dataclasses
 import inspect
 import io
+import math
 import tokenize
 from dataclasses import dataclass
 
 import torch
 
 from .data import NORMALIZATION, dataset_channels
-from .model import ModelConfig, at_least, at_most, check_finite
 
 # Fields that change how a run is logged, fetched or checkpointed, not what it computes: they are left out of
 # the run key, and a run may be resumed with other values of them.
@@ -46,6 +47,250 @@ def device_type(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device.split(":")[0]
+
+
+METHODS = ("mae", "naive", "mixedae")
+GLOBAL = "global"  # topk: every patch query reads every key it may read (no homologous selection)
+
+
+def check_finite(config, cls, bad):
+    """NaN fails every comparison, so a check such as `blr <= 0` lets it through: refuse NaN and infinity
+    in every float field of dataclass `cls` first."""
+    for f in dataclasses.fields(cls):
+        value = getattr(config, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            bad(f"{f.name} must be a finite number, got {value}")
+
+
+def at_least(config, names, minimum, bad):
+    """Each named field is None (where the field allows it) or >= minimum."""
+    for name in names:
+        value = getattr(config, name)
+        if value is not None and value < minimum:
+            bad(f"{name} must be >= {minimum}, got {value}")
+
+
+def at_most(config, limits: dict, bad):
+    """Each named field is None or <= its limit: values past them would allocate beyond any machine's memory
+    (or overflow a generator's seed) before failing."""
+    for name, limit in limits.items():
+        value = getattr(config, name)
+        if value is not None and value > limit:
+            bad(f"{name} must be <= {limit:,}, got {value:,}")
+
+
+@dataclass
+class ModelConfig:
+    """Every model switch. MAE sizes use the official MAE constructor's keyword names.
+
+    The switches in MIXEDAE_SWITCHES change MixedAE only: another method refuses any value but their default.
+    `topk`, `homologous_layers` and `seg_embed` default to None, "the method's default".
+    """
+    method: str = "mixedae"           # mae | naive (MAE + naive mixing) | mixedae
+    img_size: int = 32                # input images are img_size x img_size
+    patch_size: int = 4               # patch side; N = (img_size / patch_size)^2 positions
+    in_chans: int = 3                 # image channels
+    embed_dim: int = 192              # encoder width
+    depth: int = 12                   # encoder blocks
+    num_heads: int = 3                # encoder attention heads
+    decoder_embed_dim: int = 128      # decoder width
+    decoder_depth: int = 4            # decoder blocks
+    decoder_num_heads: int = 4        # decoder attention heads
+    mlp_ratio: float = 4.0            # MLP hidden width / block width
+    norm_pix_loss: bool = True        # reconstruct per-patch standardised pixels (MAE's norm_pix_loss)
+    mask_ratio: float = 0.75          # MAE only: share of patches hidden (mixing sets visibility via mix_ratio)
+    mix_ratio: float = 0.25           # r: share of positions one image fills; G = 1/r images per group
+    mix_mode: str = "compose"         # compose (one sequence per group) | full (G sequences per group)
+    seg_embed: str | None = None      # encoder | decoder | none; None = 'encoder' for mixedae
+    topk: int | str | None = None     # keys kept per patch query in the homologous layers: K, or 'global' (every key); None = rN (+ 1 for a shared [CLS], which patches may read)
+    homologous_layers: tuple[int, ...] | None = None  # encoder blocks with TopK attention; None = all
+    hc_form: str = "attention"        # homologous loss on: attention (own-image attention mass) | features (SupCon)
+    hc_weight: float = 1.0            # weight of the homologous loss in the total loss; 0: no homologous loss (docs/METHOD.md, section 6)
+    hc_temperature: float = 0.1       # temperature of the SupCon loss (hc_form=features)
+    hc_proj_dim: int = 128            # output width of the SupCon projection head (hc_form=features)
+    cls_per_image: bool = True        # mixing: each image has its own [CLS], which reads that image only, is read by no patch and starts only its decoder (False: one shared [CLS] per sequence, as a ViT's)
+    cls_reads_itself: bool = False    # mixing with cls_per_image: the [CLS] query may read its own key too (True: the design before, whose [CLS] read its image in block 0 and then itself)
+
+    def __post_init__(self):
+        if self.homologous_layers is not None:
+            self.homologous_layers = tuple(int(i) for i in self.homologous_layers)
+        self.validate()
+
+    @property
+    def num_patches(self) -> int:
+        return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def mixes(self) -> bool:
+        return self.method in ("naive", "mixedae")
+
+    @property
+    def mix_group_size(self) -> int:
+        """G = 1/mix_ratio: the images a mixing method puts in one group (MAE is shown the same groups
+        where methods are compared on identical positions)."""
+        return round(1 / self.mix_ratio) if self.mix_ratio > 0 else 0
+
+    @property
+    def group_size(self) -> int:
+        """G: images per mixing group (1 for MAE)."""
+        return self.mix_group_size if self.mixes else 1
+
+    @property
+    def patch_keys(self) -> int:
+        """Keys a patch query may read in a mixed sequence: the N patches, plus the [CLS] when it is shared."""
+        return self.num_patches + (0 if self.cls_per_image else 1)
+
+    @property
+    def default_topk(self) -> int:
+        """rN: exactly an image's own patches (+ 1: a shared [CLS], which patches may read)."""
+        return self.patch_keys - self.num_patches + self.num_patches // self.mix_group_size
+
+    @property
+    def per_image_cls(self) -> bool:
+        """Whether each image's [CLS] is read by no patch and reads only that image (`cls_per_image`, mixing)."""
+        return self.mixes and self.cls_per_image
+
+    @property
+    def cls_tokens(self) -> int:
+        """[CLS] tokens at the start of every encoded sequence: G in compose mixing with `cls_per_image`
+        (one per image of the sequence), else 1."""
+        return self.group_size if self.mixes and self.mix_mode == "compose" and self.cls_per_image else 1
+
+    @property
+    def resolved_seg_embed(self) -> str:
+        if self.seg_embed is not None:
+            return self.seg_embed
+        return "encoder" if self.method == "mixedae" else "none"
+
+    @property
+    def resolved_topk(self) -> int | None:
+        """MixedAE's K as a number of keys ('global': every key a patch query may read); None for other methods."""
+        if self.method != "mixedae":
+            return None
+        return {None: self.default_topk, GLOBAL: self.patch_keys}.get(self.topk, self.topk)
+
+    @property
+    def attention_topk(self) -> int | None:
+        """The K the homologous layers apply; None where they attend globally: not MixedAE, or a K that keeps
+        every key a patch query may read (which selects nothing)."""
+        k = self.resolved_topk
+        return k if k is not None and k < self.patch_keys else None
+
+    @property
+    def resolved_homologous_layers(self) -> tuple[int, ...]:
+        if self.method != "mixedae":
+            return ()
+        return self.homologous_layers if self.homologous_layers is not None else tuple(range(self.depth))
+
+    @property
+    def homologous_loss(self) -> str | None:
+        """The form of the homologous loss this model trains with ('attention' | 'features'), None without one."""
+        return self.hc_form if self.method == "mixedae" and self.hc_weight > 0 else None
+
+    @property
+    def recognition_references(self) -> dict:
+        """Where MixedAE's recognition diagnostics sit by chance and when perfect: TopK accuracy at chance,
+        and loss_hc at chance (features: identical projections, log(N - 1); attention: uniform logits,
+        -log((rN - 1)/(N - 1))) and when perfect (features: log(rN - 1); attention: 0)."""
+        N, rN = self.num_patches, self.num_patches // self.mix_group_size
+        if self.hc_form == "features":
+            chance, perfect = math.log(N - 1), math.log(rN - 1)
+        else:
+            chance, perfect = -math.log((rN - 1) / (N - 1)), 0.0
+        return {"topk_acc_chance": (rN - 1) / (N - 1), "loss_hc_chance": chance, "loss_hc_perfect": perfect}
+
+    def canonical(self):
+        """A copy in which two configs that build the same model are equal: a MixedAE switch at its default
+        back to None (`topk=rN`, `topk=None`: one model; 'global' as its number of keys), the loss's other
+        switches at their defaults where there is no homologous loss, and `cls_reads_itself` where no [CLS]
+        is per image."""
+        replace = {}
+        if self.method == "mixedae":
+            replace |= {"topk": None if self.resolved_topk == self.default_topk else self.resolved_topk,
+                        "homologous_layers": None if self.homologous_layers == tuple(range(self.depth))
+                        else self.homologous_layers,
+                        "seg_embed": None if self.seg_embed == "encoder" else self.seg_embed}
+        else:
+            replace |= {"seg_embed": None}
+        if self.homologous_loss is None:
+            replace |= {name: MIXEDAE_DEFAULTS[name] for name in LOSS_SWITCHES if name != "hc_weight"}
+        if not self.per_image_cls:  # a ViT's [CLS], which reads every token: the switch cannot change the model
+            replace |= {"cls_reads_itself": True}
+        return dataclasses.replace(self, **replace)
+
+    def without_mixing(self) -> "ModelConfig":
+        """Plain MAE of the same sizes (and, for a Config, data and seed): every method's shared init."""
+        return dataclasses.replace(self, method="mae", mix_mode="compose", **MIXEDAE_DEFAULTS)
+
+    def validate(self):
+        def bad(msg):
+            raise ValueError(f"ModelConfig: {msg}")
+
+        check_finite(self, ModelConfig, bad)
+        self.validate_sizes(bad)
+        self.validate_switches(bad)
+        if self.mixes:
+            self.validate_mixing(bad)
+
+    def validate_sizes(self, bad):
+        at_least(self, ("img_size", "patch_size", "in_chans", "embed_dim", "num_heads", "decoder_embed_dim",
+                        "decoder_num_heads", "hc_proj_dim"), 1, bad)
+        at_least(self, ("depth", "decoder_depth", "hc_weight"), 0, bad)  # no blocks: a patch-wise model
+        at_most(self, {"img_size": 4096, "in_chans": 64, "embed_dim": 8192, "decoder_embed_dim": 8192, "depth": 256,
+                       "decoder_depth": 256, "hc_proj_dim": 8192, "mlp_ratio": 64}, bad)
+        if self.mlp_ratio <= 0:
+            bad(f"mlp_ratio must be > 0, got {self.mlp_ratio}")
+        if self.img_size % self.patch_size:
+            bad(f"img_size {self.img_size} must be a multiple of patch_size {self.patch_size}")
+        if self.num_patches > 4096:  # attention memory grows with its square
+            bad(f"(img_size / patch_size)^2 = {self.num_patches} patches; at most 4096: raise patch_size")
+        if self.embed_dim % self.num_heads or self.decoder_embed_dim % self.decoder_num_heads:
+            bad("embed_dim must be divisible by num_heads and decoder_embed_dim by decoder_num_heads")
+        if self.embed_dim % 4 or self.decoder_embed_dim % 4:
+            bad("embed_dim and decoder_embed_dim must be multiples of 4 (2-D sin-cos position embedding)")
+
+    def validate_switches(self, bad):
+        if self.method not in METHODS:
+            bad(f"method must be one of {METHODS}, got {self.method!r}")
+        if not 0 <= self.mask_ratio < 1:
+            bad(f"mask_ratio must be in [0, 1), got {self.mask_ratio}")
+        if self.mix_mode not in ("compose", "full"):
+            bad(f"mix_mode must be 'compose' or 'full', got {self.mix_mode!r}")
+        if self.seg_embed not in (None, "encoder", "decoder", "none"):
+            bad(f"seg_embed must be 'encoder', 'decoder' or 'none', got {self.seg_embed!r}")
+        if self.hc_form not in ("attention", "features"):
+            bad(f"hc_form must be 'attention' or 'features', got {self.hc_form!r}")
+        if self.hc_temperature <= 0:
+            bad(f"hc_temperature must be > 0, got {self.hc_temperature}")
+        if self.method != "mixedae":
+            for name, default in MIXEDAE_DEFAULTS.items():
+                value = getattr(self, name)
+                if value != default and not (name == "seg_embed" and value == "none"):
+                    bad(f"{name} is a MixedAE switch; use method='mixedae' or leave {name} at its default {default!r}")
+        if self.method == "mae" and self.mix_mode != "compose":
+            bad("mix_mode is a mixing switch; method='mae' does not mix")
+
+    def validate_mixing(self, bad):
+        G = self.mix_group_size
+        if G < 2 or abs(G * self.mix_ratio - 1) > 1e-9:
+            bad(f"mix_ratio must be 1/G for an integer G >= 2 (0.5, 0.25, ...), got {self.mix_ratio}")
+        if self.num_patches % G:
+            bad(f"{self.num_patches} patches cannot be split among G = {G} images; "
+                f"choose img_size/patch_size so that (img_size/patch_size)^2 is divisible by {G}")
+        if isinstance(self.topk, str) and self.topk != GLOBAL:
+            bad(f"topk must be a number of keys or {GLOBAL!r} (every key), or null for the default rN; got {self.topk!r}")
+        if isinstance(self.topk, int) and not 1 <= self.topk <= self.patch_keys:
+            bad(f"topk must be in [1, {self.patch_keys}] (the keys a patch query may read) or {GLOBAL!r}, "
+                f"got {self.topk}")
+        for i in self.homologous_layers or ():
+            if not 0 <= i < self.depth:
+                bad(f"homologous_layers must index encoder blocks 0..{self.depth - 1}, got {i}")
+
+
+# The switches that change MixedAE only, at their defaults: every other method holds them there.
+LOSS_SWITCHES = ("hc_form", "hc_weight", "hc_temperature", "hc_proj_dim")
+MIXEDAE_DEFAULTS = {name: ModelConfig.__dataclass_fields__[name].default
+                    for name in ("topk", "homologous_layers", "seg_embed", *LOSS_SWITCHES)}
 
 
 @dataclass

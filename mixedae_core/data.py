@@ -15,6 +15,9 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.datasets as tvd
+import torchvision.transforms as T
+from torch.utils.data import DataLoader, DistributedSampler
 from torchvision.datasets import ImageFolder
 
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -96,7 +99,6 @@ def load_fashion_mnist(split: str) -> TensorDataset:
 
 
 def load_torchvision(name: str, split: str, download: bool) -> TensorDataset:
-    import torchvision.datasets as tvd
     root = data_root()
     train = split == "train"
     try:
@@ -143,6 +145,12 @@ def load_dataset(name: str, split: str, img_size: int = 32, in_chans: int = 3, d
         n = synthetic_size if split == "train" else max(synthetic_size // 2, 8)
         return make_synthetic(n, img_size, in_chans, seed=seed if split == "train" else seed + 1000)
     raise ValueError(f"unknown dataset {name!r}")
+
+
+def dataset_of(config, split: str) -> TensorDataset:
+    """The `split` of a run config's dataset (a `config.Config`), as `load_dataset` reads it."""
+    return load_dataset(config.dataset_kind, split, config.img_size, config.in_chans, config.download,
+                        config.synthetic_size, config.seed)
 
 
 def dataset_channels(name: str) -> int:
@@ -230,8 +238,6 @@ class CheckedImageFolder(ImageFolder):
 def imagefolder_loader(path: str, img_size: int, batch_size: int, workers: int, seed: int,
                        rank: int = 0, world: int = 1):
     """DataLoader over an ImageFolder with MAE's augmentation; one DistributedSampler shard per process."""
-    import torchvision.transforms as T
-    from torch.utils.data import DataLoader, DistributedSampler
     mean, std = NORMALIZATION["imagefolder"]
     transform = T.Compose([T.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
@@ -257,8 +263,7 @@ class DeviceBatches:
 
     def __init__(self, config, device, rank: int, world: int):
         self.config, self.device, self.rank, self.world = config, device, rank, world
-        data = load_dataset(config.dataset_kind, "train", config.img_size, config.in_chans, config.download,
-                            config.synthetic_size, config.seed)
+        data = dataset_of(config, "train")
         self.data = data.subset(config.train_subset).to(device)
         self.name = data.name
         self._order_epoch, self._order = None, None

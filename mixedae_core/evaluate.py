@@ -9,14 +9,16 @@ import dataclasses
 
 import torch
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
 from .config import Config, EvalConfig
-from .data import TensorDataset, epoch_order, load_dataset, normalize, random_resized_crop_flip
+from .data import TensorDataset, dataset_of, epoch_order, normalize, random_resized_crop_flip
 from .mixing import draw_partition, mix_tokens
 from .losses import normalize_patches, patchify, reconstruction_loss
-from .model import ENCODER_PREFIXES, MixedAutoencoderViT, ModelConfig, build_model, per_image_cls_mask, timm_encoder
+from .attention import per_image_cls_mask
+from .model import ENCODER_PREFIXES, MaskedAutoencoderViT, ModelConfig, build_model, timm_encoder
 from .objects import (OBJECT_MASK_DATASETS, VARIANTS, cluttered, map_baseline_scores, map_object_iou, object_variants,
                       score_name)
 from .train import autocast, lr_schedule, make_optimizer
@@ -24,7 +26,7 @@ from .train import autocast, lr_schedule, make_optimizer
 
 # ------------------------------------------------------------------------------------------ features
 @torch.no_grad()
-def extract_features(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, batch_size: int = 500,
+def extract_features(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, batch_size: int = 500,
                      progress: bool = False) -> dict:
     """{'cls': [n, D], 'mean': [n, D]} for uint8 images, normalised like training, no augmentation."""
     model.eval()
@@ -98,7 +100,7 @@ def frozen_scores(train_feats: dict, train_y, test_feats: dict, test_y, ec: Eval
 
 # ------------------------------------------------------------------------------------------ attention
 @torch.no_grad()
-def attention_map(model: MixedAutoencoderViT, images: torch.Tensor, layer: int = -1,
+def attention_map(model: MaskedAutoencoderViT, images: torch.Tensor, layer: int = -1,
                   query: int | None = None) -> torch.Tensor:
     """Attention of one encoder block on single images (global attention), from the [CLS] query
     (query=None) or from patch `query` (row-major index), to every patch: [B, heads, grid, grid]."""
@@ -110,7 +112,7 @@ def attention_map(model: MixedAutoencoderViT, images: torch.Tensor, layer: int =
 
 
 @torch.no_grad()
-def cls_self_attention(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str,
+def cls_self_attention(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, dataset: str,
                        batch_size: int = 500) -> list[float]:
     """Per encoder block, the share of the [CLS] query's attention on its own key (mean over images and heads):
     near 1, the [CLS] no longer reads the image in that block."""
@@ -142,7 +144,7 @@ def grouping_chance(config: ModelConfig) -> float:
 
 
 @torch.no_grad()
-def mixed_grouping(model: MixedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, noise: torch.Tensor,
+def mixed_grouping(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, noise: torch.Tensor,
                    segments: bool = False) -> list[float]:
     """Per encoder block, `own_image_attention` when the images, in consecutive groups of G = 1/mix_ratio, are
     mixed as in compose pre-training, with the model's [CLS] structure (one per image, read by no patch, for the
@@ -158,13 +160,13 @@ def mixed_grouping(model: MixedAutoencoderViT, images_uint8: torch.Tensor, datas
         mixed = mixed + F.embedding(src, model.seg_embed)
     n_cls = c.mix_group_size if c.per_image_cls else 1
     mask = per_image_cls_mask(src, None, n_cls, c.cls_reads_itself) if c.per_image_cls else None
-    tokens = torch.cat([model._cls(len(mixed)).expand(-1, n_cls, -1), mixed], dim=1)
+    tokens = torch.cat([model.expand_cls(len(mixed)).expand(-1, n_cls, -1), mixed], dim=1)
     _, extras = model.encode(tokens, None, return_attention=True, attn_mask=mask, n_cls=n_cls)
     return [own_image_attention(e.probs, src, n_cls).item() for e in extras]
 
 
 @torch.no_grad()
-def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, objects: torch.Tensor, dataset: str,
+def object_awareness(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, objects: torch.Tensor, dataset: str,
                      layer: int = -1, mass: float = 0.6, batch_size: int = 500) -> torch.Tensor:
     """Per-image IoU between the head-averaged [CLS] attention region (holding `mass` of the attention) and the
     object patches `objects` [B, grid, grid] (see objects.py), at the images' size."""
@@ -179,10 +181,9 @@ def object_awareness(model: MixedAutoencoderViT, images_uint8: torch.Tensor, obj
     return torch.cat(scores).cpu()
 
 
-def at_image_size(model: MixedAutoencoderViT, img_size: int) -> MixedAutoencoderViT:
+def at_image_size(model: MaskedAutoencoderViT, img_size: int) -> MaskedAutoencoderViT:
     """The model's encoder for img_size x img_size inputs: the same weights, the position embedding
     resampled to the new grid as timm resamples a ViT's (bicubic, [CLS] row kept)."""
-    from timm.layers import resample_abs_pos_embed
     c = model.config
     model_fields = {f.name: getattr(c, f.name) for f in dataclasses.fields(ModelConfig)}
     resized = build_model(ModelConfig(**{**model_fields, "img_size": img_size})).to(next(model.parameters()).device)
@@ -199,7 +200,7 @@ def at_image_size(model: MixedAutoencoderViT, img_size: int) -> MixedAutoencoder
 
 # ------------------------------------------------------------------------------------------ the MI proxies
 @torch.no_grad()
-def shared_position_loss(model: MixedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
+def shared_position_loss(model: MaskedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
                          group_size: int = 4, mix_mode: str = "compose"):
     """Reconstruction loss of each image when every method hides the same positions: the partition drawn
     from `partition_noise` [B/G, N] shows image b the positions it gets in its own sequence under
@@ -223,7 +224,7 @@ def shared_position_loss(model: MixedAutoencoderViT, imgs: torch.Tensor, partiti
 
 
 @torch.no_grad()
-def content_floor(model: MixedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
+def content_floor(model: MaskedAutoencoderViT, imgs: torch.Tensor, partition_noise: torch.Tensor,
                   group_size: int = 4, mix_mode: str = "compose") -> torch.Tensor:
     """The loss a model scores without looking: its prediction from blank images (zeros after normalisation,
     the dataset's mean colour) on the same hidden positions as `shared_position_loss`, against the real
@@ -269,7 +270,7 @@ def dependence_layouts(images: torch.Tensor, labels: torch.Tensor, m: int, group
 
 
 @torch.no_grad()
-def dependence_scores(model: MixedAutoencoderViT, anchors: torch.Tensor, neighbours: dict[str, torch.Tensor],
+def dependence_scores(model: MaskedAutoencoderViT, anchors: torch.Tensor, neighbours: dict[str, torch.Tensor],
                       partition_noise: torch.Tensor, group_size: int = 4, mix_mode: str = "compose") -> dict:
     """The mutual-information dose-response (docs/METHOD.md, section 7): each anchor image sits in slot 0 of a
     group whose other G - 1 slots hold its neighbours of one layout; the anchor's hidden positions are the
@@ -305,7 +306,7 @@ def dependence_scores(model: MixedAutoencoderViT, anchors: torch.Tensor, neighbo
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
-def train_classifier(model: MixedAutoencoderViT, train: TensorDataset, epochs: int = 10, batch_size: int = 256,
+def train_classifier(model: MaskedAutoencoderViT, train: TensorDataset, epochs: int = 10, batch_size: int = 256,
                      blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, precision: str = "bf16",
                      augment: bool = True, progress: bool = False) -> VisionTransformer:
     """The encoder as a timm ViT (`timm_encoder`) with a linear head on [CLS], trained end to end with labels:
@@ -349,7 +350,7 @@ def classifier_accuracy(vit: VisionTransformer, test: TensorDataset, batch_size:
     return correct / len(test)
 
 
-def finetune(model: MixedAutoencoderViT, train: TensorDataset, test: TensorDataset, epochs: int = 10,
+def finetune(model: MaskedAutoencoderViT, train: TensorDataset, test: TensorDataset, epochs: int = 10,
              batch_size: int = 256, blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
              precision: str = "bf16", progress: bool = False) -> float:
     """Short end-to-end fine-tuning (for GPU presets), `train_classifier` with augmentation. Returns top-1."""
@@ -362,12 +363,10 @@ def eval_splits(config: Config, ec: EvalConfig) -> tuple[TensorDataset, TensorDa
     if config.dataset_kind == "imagefolder":
         raise ValueError("evaluation needs a device-resident dataset with a test split (fashion-mnist, cifar10, "
                          "cifar100, stl10, synthetic); for image folders fine-tune with your own pipeline")
-    args = (config.img_size, config.in_chans, config.download, config.synthetic_size, config.seed)
-    return (load_dataset(config.dataset_kind, "train", *args).subset(ec.train_subset),
-            load_dataset(config.dataset_kind, "test", *args).subset(ec.test_subset))
+    return dataset_of(config, "train").subset(ec.train_subset), dataset_of(config, "test").subset(ec.test_subset)
 
 
-def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, progress: bool = False,
+def evaluate_model(model: MaskedAutoencoderViT, config: Config, ec: EvalConfig, progress: bool = False,
                    pretext: bool = True) -> dict:
     """kNN and linear probe on [CLS] and mean-pooled features, the object-awareness IoU and, with
     `pretext`, the pretext measurements of `pretext_scores`."""
@@ -383,7 +382,7 @@ def evaluate_model(model: MixedAutoencoderViT, config: Config, ec: EvalConfig, p
     return {**scores, **awareness, **extra, "train_images": len(train), "test_images": len(test)}
 
 
-def object_scores(model: MixedAutoencoderViT, test: TensorDataset, ec: EvalConfig) -> dict:
+def object_scores(model: MaskedAutoencoderViT, test: TensorDataset, ec: EvalConfig) -> dict:
     """{score_name(variant): mean object IoU} over the test variants of `object_variants` (None where the
     dataset has no object masks)."""
     if test.name not in OBJECT_MASK_DATASETS:
@@ -394,7 +393,7 @@ def object_scores(model: MixedAutoencoderViT, test: TensorDataset, ec: EvalConfi
 
 
 @torch.no_grad()
-def pretext_scores(model: MixedAutoencoderViT, config: Config, test: TensorDataset, n_images: int) -> dict:
+def pretext_scores(model: MaskedAutoencoderViT, config: Config, test: TensorDataset, n_images: int) -> dict:
     """The pretext measurements of the MI argument, on fixed test images (the same for every run).
 
     shared_loss_{random,class}: the reconstruction loss when every method hides the same positions, the
@@ -430,11 +429,10 @@ def pretext_scores(model: MixedAutoencoderViT, config: Config, test: TensorDatas
 
 def mae_twin(config: Config) -> Config:
     """The same sizes, data and seed as plain MAE: its random init is every method's shared init."""
-    return dataclasses.replace(config, method="mae", topk=None, homologous_layers=None, seg_embed=None,
-                               mix_mode="compose")
+    return config.without_mixing()
 
 
-def random_init_encoder(config: Config, device) -> MixedAutoencoderViT:
+def random_init_encoder(config: Config, device) -> MaskedAutoencoderViT:
     """The shared initialisation of every method of `config`'s seed, untrained: a baseline for every measure."""
     torch.manual_seed(config.seed)
     return build_model(mae_twin(config)).to(device).eval()
@@ -448,8 +446,7 @@ def supervised_control(config: Config, ec: EvalConfig, device, progress: bool = 
     `ec.control_epochs`, on the training images made `cluttered` (their own clutter, drawn from another seed
     than the test's), so that its [CLS] must find the object among fragments to name it. Scored as an encoder
     is: {score_name(variant): IoU, 'accuracy_cluttered': its top-1 on the cluttered test images}."""
-    args = (config.img_size, config.in_chans, config.download, config.synthetic_size, config.seed)
-    train, test = load_dataset(config.dataset_kind, "train", *args), eval_splits(config, ec)[1]
+    train, test = dataset_of(config, "train"), eval_splits(config, ec)[1]
     train = dataclasses.replace(train, images=cluttered(train.images, torch.Generator().manual_seed(6))[0])
     model = random_init_encoder(config, device)
     vit = train_classifier(model, train.to(device), ec.control_epochs, config.batch_size, seed=config.seed,

@@ -4,7 +4,7 @@ import torch
 
 from .data import NORMALIZATION
 from .losses import patchify, unpatchify
-from .model import MixedAutoencoderViT
+from .model import MaskedAutoencoderViT
 
 
 def to_display(images: torch.Tensor, dataset: str) -> torch.Tensor:
@@ -37,7 +37,7 @@ def _patch_mask_image(mask: torch.Tensor, patch_size: int, in_chans: int) -> tor
 
 
 @torch.no_grad()
-def reconstruction_figure(model: MixedAutoencoderViT, images: torch.Tensor, dataset: str, noise=None):
+def reconstruction_figure(model: MaskedAutoencoderViT, images: torch.Tensor, dataset: str, noise=None):
     """One row per image: original, what that image's encoder sequence showed of it, the reconstruction
     (visible patches pasted back). For mixed methods each group starts with a row for the mixed input.
     norm_pix_loss predictions are shown after un-normalising with the target patches' statistics."""
@@ -97,7 +97,7 @@ def attention_maps_figure(images_display: torch.Tensor, maps: dict, title: str =
 
 
 @torch.no_grad()
-def topk_selection_figure(model: MixedAutoencoderViT, images: torch.Tensor, dataset: str, layer: int = 0,
+def topk_selection_figure(model: MaskedAutoencoderViT, images: torch.Tensor, dataset: str, layer: int = 0,
                           query: int | None = None, noise=None):
     """For MixedAE on one mixed sequence: the source of every position, and which keys a patch query
     keeps in its TopK (head-averaged share of heads keeping each key), per source image."""

@@ -11,6 +11,7 @@ uninterrupted run, bit for bit.
 import contextlib
 import json
 import os
+import platform
 import signal
 import sys
 import threading
@@ -26,7 +27,7 @@ from tqdm.auto import tqdm
 
 from .config import LEGACY_VALUES, Config, device_name_error
 from .data import training_batches
-from .model import build_model, recognition_warnings
+from .model import build_model
 from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, RunLock, read_checkpoint, read_metrics,
                        save_atomic, write_text_atomic)
 
@@ -67,7 +68,6 @@ def resolve_device(config: Config, local_rank: int = 0) -> torch.device:
 
 def describe_device(device) -> str:
     """'NVIDIA H100 80GB HBM3' or 'CPU x86_64 (2 threads)': what a timing was measured on."""
-    import platform
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -160,6 +160,26 @@ class TrainStep:
 
 
 # ------------------------------------------------------------------------------------- logging, stopping
+def recognition_warnings(config: Config, loss_hc: float, topk_acc_layers) -> list[str]:
+    """Sentences for a MixedAE run whose homologous recognition sits where chance puts it: TopK accuracy
+    (mean over layers) within 10 % of the way from chance to 1 (where K selects at all), or loss_hc within
+    10 % of the way from its chance value to its perfect value. Empty for other methods and for a run that
+    recognises."""
+    if config.method != "mixedae":
+        return []
+    refs, out = config.recognition_references, []
+    if topk_acc_layers and config.attention_topk is not None:  # a K that keeps every key is at chance by design
+        mean = sum(topk_acc_layers) / len(topk_acc_layers)
+        if mean < refs["topk_acc_chance"] + 0.1 * (1 - refs["topk_acc_chance"]):
+            out.append(f"TopK accuracy {mean:.3f} (mean over layers) is at chance ({refs['topk_acc_chance']:.3f}): "
+                       "the attention does not select the query's own image")
+    span = refs["loss_hc_chance"] - refs["loss_hc_perfect"]
+    if config.homologous_loss and loss_hc > refs["loss_hc_chance"] - 0.1 * span:
+        out.append(f"loss_hc {loss_hc:.3f} is at its chance value {refs['loss_hc_chance']:.3f} "
+                   f"(perfect: {refs['loss_hc_perfect']:.3f}): homologous recognition has not started")
+    return out
+
+
 class MetricLog:
     """metrics.jsonl of rank 0: a line per logged step (losses, lr, img/s, TopK accuracy) and one per epoch
     (the epoch's mean losses, kept in the checkpointed `sums` so that a resumed epoch's mean is exact)."""
@@ -192,7 +212,7 @@ class MetricLog:
         self.window = (now, images)
 
     def epoch(self, step: int, epoch: int, sums: dict, seconds: float, warnings: list[str]):
-        """The epoch's means; MixedAE's recognition warnings (model.recognition_warnings) on the epoch's last
+        """The epoch's means; MixedAE's recognition warnings (recognition_warnings) on the epoch's last
         logged step are printed and kept in the line."""
         self.write({"kind": "epoch", "step": step, "epoch": epoch,
                     **{k: sums[k] / sums["steps"] for k in LOSSES}, "seconds": seconds,

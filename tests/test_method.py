@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention
 
-from mixedae_core import ModelConfig, build_model, encoder_state_dict, timm_encoder
+from mixedae_core import MaskedAutoencoderViT, ModelConfig, build_model, encoder_state_dict, timm_encoder
 from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
-from mixedae_core.model import HomologousAttention, TopKAttention, per_image_cls_mask, topk_accuracy
+from mixedae_core.attention import HomologousAttention, TopKAttention, per_image_cls_mask, topk_accuracy
 
 TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
             decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2)  # N = 16 positions
@@ -290,8 +290,12 @@ def test_attention_maps_for_mixed_sequences_and_single_images():
     (dict(method="mixedae", topk=0), "topk"),
     (dict(method="mixedae", topk=17), "topk"),                     # 16 patch keys
     (dict(method="mixedae", topk=18, cls_per_image=False), "topk"),  # 16 patches + the shared [CLS]
+    (dict(method="mixedae", topk="all"), "topk"),
     (dict(method="mae", topk=5), "MixedAE switch"),
+    (dict(method="mae", topk="global"), "MixedAE switch"),
     (dict(method="naive", seg_embed="encoder"), "MixedAE switch"),
+    (dict(method="mae", hc_weight=0.5), "MixedAE switch"),         # cannot change MAE: refused, not a new run
+    (dict(method="naive", hc_form="features"), "MixedAE switch"),
     (dict(method="mae", mix_mode="full"), "does not mix"),
     (dict(method="mixedae", mix_mode="half"), "mix_mode"),
     (dict(method="mixedae", seg_embed="both"), "seg_embed"),
@@ -530,8 +534,42 @@ def test_mixedae_without_its_parts_is_naive_mixing():
         assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
 
 
+def test_global_attention_is_named_and_is_the_k_that_keeps_every_key():
+    """topk=None is the default K (rN); 'global' is every key: the same model as K = the keys a patch may read."""
+    default, named, every_key = tiny("mixedae"), tiny("mixedae", topk="global"), tiny("mixedae", topk=16)
+    assert default.attention_topk == 4 and named.attention_topk is None and every_key.attention_topk is None
+    assert named.canonical() == every_key.canonical() != default.canonical()
+    x, noise = images(8), torch.rand(2, 16, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(0)
+    a = build_model(named)(x, noise=noise)
+    torch.manual_seed(0)
+    b = build_model(every_key)(x, noise=noise)
+    assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
+
+
+def test_without_homologous_loss_neither_form_builds_or_computes_one():
+    """hc_weight = 0: no projection head, loss_hc 0, and the loss's other switches cannot change the model."""
+    torch.manual_seed(0)
+    attention = build_model(tiny("mixedae", hc_weight=0.0))
+    torch.manual_seed(0)
+    features = build_model(tiny("mixedae", hc_weight=0.0, hc_form="features", hc_temperature=0.5))
+    assert features.hc_head is None and tiny("mixedae", hc_form="features").homologous_loss == "features"
+    assert tiny("mixedae", hc_weight=0.0, hc_form="features").canonical() == tiny("mixedae", hc_weight=0.0).canonical()
+    x, noise = images(8), torch.rand(2, 16, generator=torch.Generator().manual_seed(3))
+    a, b = attention(x, noise=noise), features(x, noise=noise)
+    assert torch.equal(a.loss, b.loss) and b.loss_hc == 0 and torch.equal(b.loss, b.loss_rec)
+
+
+def test_mae_is_the_plain_model_and_mixing_what_is_added():
+    """MAE builds no mixing module; a mixing model holds MAE's modules under MAE's names, and its own."""
+    mae, mixed = build_model(tiny("mae")), build_model(tiny("mixedae", hc_form="features"))
+    assert type(mae) is MaskedAutoencoderViT and isinstance(mixed, MaskedAutoencoderViT)
+    extra = set(mixed.state_dict()) - set(mae.state_dict())
+    assert set(mae.state_dict()) < set(mixed.state_dict()) and {k.split(".")[0] for k in extra} == {"seg_embed", "hc_head"}
+
+
 def test_recognition_warnings_flag_chance_and_collapse_only():
-    from mixedae_core.model import recognition_warnings
+    from mixedae_core.train import recognition_warnings
     features = tiny("mixedae", hc_form="features")
     refs = features.recognition_references
     chance, collapsed = refs["topk_acc_chance"], refs["loss_hc_chance"]

@@ -87,6 +87,8 @@ def test_cli_smoke_run_leaves_checkpoint_metrics_config(tmp_path):
     (["--norm_pix_loss", "maybe"], "--norm_pix_loss takes true or false"),
     (["--mix_ratio", "0.3"], "mix_ratio must be 1/G"),
     (["--method", "mae", "--topk", "5"], "topk is a MixedAE switch"),
+    (["--method", "mae", "--hc_weight", "0.5"], "hc_weight is a MixedAE switch"),
+    (["--topk", "every"], "topk must be a number of keys or 'global'"),
     (["--batch_size", "18", "--method", "naive"], "batch_size 18 must be divisible"),
     (["--preset", "laptop"], "invalid choice: 'laptop'"),
     (["--dataset", "fashion-mnist"], "set in_chans=1"),
@@ -429,6 +431,11 @@ def test_a_switch_at_its_default_value_names_the_same_run():
     assert run_key(make_config("smoke", method="mixedae", seg_embed="decoder"), CODE_VERSION) != key
     assert run_key(make_config("smoke", method="mae", seg_embed="none"), CODE_VERSION) == \
         run_key(make_config("smoke", method="mae"), CODE_VERSION)
+    N = config.num_patches  # 'global' is the K that keeps every key: one model, one run
+    assert run_key(make_config("smoke", method="mixedae", topk="global"), CODE_VERSION) == \
+        run_key(make_config("smoke", method="mixedae", topk=N), CODE_VERSION)
+    assert run_key(make_config("smoke", method="mixedae", hc_weight=0.0, hc_form="features"), CODE_VERSION) == \
+        run_key(make_config("smoke", method="mixedae", hc_weight=0.0), CODE_VERSION)
 
 
 @pytest.mark.parametrize("command,cls", [("pretrain", Config), ("evaluate", None)])
@@ -452,7 +459,8 @@ def test_every_string_choice_is_reachable_from_the_command_line(tmp_path):
     fields = {f.name: f for f in __import__("dataclasses").fields(Config)}
     assert parse_value(Config, fields["seg_embed"], "none") == "none"
     assert parse_value(Config, fields["seg_embed"], "null") is None
-    assert parse_value(Config, fields["topk"], "none") is None
+    assert parse_value(Config, fields["topk"], "null") is None  # the default K; 'none' would read as no TopK
+    assert (parse_value(Config, fields["topk"], "global"), parse_value(Config, fields["topk"], "16")) == ("global", 16)
     main(["pretrain", "--preset", "smoke", "--out", str(tmp_path / "run"), "--seg_embed", "none", "--hc_form",
           "features", "--hc_weight", "0.1", "--epochs", "1", "--no-progress"])
     saved = json.loads((tmp_path / "run" / "config.json").read_text())

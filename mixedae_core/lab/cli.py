@@ -51,8 +51,11 @@ def parse_value(cls, config_field: dataclasses.Field, text: str):
     nulls = ("null", "") if str in args else ("none", "null", "")
     if optional and text.lower() in nulls:
         return None
-    if isinstance(hint, (types.UnionType, typing._UnionGenericAlias)):  # X | None
-        hint = next(a for a in args if a is not type(None))
+    if isinstance(hint, (types.UnionType, typing._UnionGenericAlias)):  # X | None, int | str | None
+        kinds = [a for a in args if a is not type(None)]
+        if int in kinds and str in kinds:  # a number, or a named value ('global'): the config validates the name
+            return int(text) if text.lstrip("-").isdigit() else text
+        hint = kinds[0]
     if hint is bool:
         if text.lower() in ("1", "true", "yes", "on"):
             return True
