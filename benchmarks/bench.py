@@ -13,7 +13,8 @@
    FlopCounterMode (forward + backward, as executed), divided by the median step time, over the
    device's dense bf16 peak (known GPUs only; none for CPUs): the model FLOP utilisation.
 
-Rows replace those of the same device in the CSV; every row carries its provenance.
+Rows replace those of the same device in the CSV; every row carries its provenance. The benchmark writes the
+CSV only: `make reproduce` renders it into results/README.md and the docs' step-cost numbers.
 """
 import argparse
 import dataclasses
@@ -31,7 +32,6 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from mixedae_core.config import PRECISIONS, make_config
 from mixedae_core.lab.provenance import REPO, provenance
-from mixedae_core.lab.reproduce import write_readme
 from mixedae_core.lab.timing import TimedStep, alternated_rounds, bench_key, paired_ratio
 
 VARIANTS = {"mae": dict(method="mae"), "naive": dict(method="naive"), "mixedae": dict(method="mixedae"),
@@ -160,9 +160,7 @@ def main():
         old = pd.read_csv(out)
         table = pd.concat([old[old["device"] != common["device"]], table], ignore_index=True)
     table.to_csv(out, index=False, float_format="%.6g")
-    print(f"written to {out}")
-    if out.parent.name == "tables":  # results/tables/bench.csv: results/README.md shows it
-        write_readme(out.parent.parent)
+    print(f"written to {out} (`make reproduce` shows it in results/README.md)")
 
 
 if __name__ == "__main__":

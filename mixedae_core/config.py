@@ -443,7 +443,7 @@ FASHION_CPU_MODEL = dict(img_size=32, patch_size=4, in_chans=1, embed_dim=128, d
 PRESETS = {  # in the order results/README.md shows them: the headline first
     "gpu": Preset(
         # One GPU: the suite's runs side by side (`make reproduce PRESET=gpu WORKERS=6`) in about ten minutes of
-        # an H100. Provisional sizing from one-process H200 timings at batch 512 (MAE 11.4k img/s, MixedAE 9.1k,
+        # an H200. Provisional sizing from one-process H200 timings at batch 512 (MAE 11.4k img/s, MixedAE 9.1k,
         # full ~1.4x MixedAE's step) and an assumed ~30k img/s over 6 runs side by side: the suite costs about
         # 18 MAE runs, 18 x 10 epochs x 60k images / 30k img/s = 360 s. benchmarks/side_by_side.py measures it.
         train=dict(dataset="fashion-mnist", img_size=32, patch_size=4, in_chans=1, embed_dim=192, depth=12,

@@ -1,0 +1,230 @@
+"""The measured numbers of README.md and docs/METHOD.md, regenerated from the committed tables.
+
+A number typed by hand goes stale the day its table is regenerated. So the docs quote measured numbers only
+inside generated blocks, which `make reproduce` rewrites from results/ and a test compares with what the
+committed tables give:
+
+    <!-- generated: headline (from results/tables; `make reproduce` rewrites it) -->
+    ...anything here is replaced...
+    <!-- end generated: headline -->
+
+BLOCKS maps a block's name to the function that writes its body from a results/ folder. Bodies link their
+tables relative to the repository root; `render` rebases the links for a document in a subfolder. Speed is
+quoted as ratios of step times measured in one run (bench.csv): absolute img/s do not carry across machines.
+"""
+import io
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from .provenance import REPO
+
+DOCS = ("README.md", "docs/METHOD.md")
+METHODS = {"mae": "MAE", "naive": "naive mixing", "mixedae": "MixedAE"}
+START = re.compile(r"<!-- generated: (?P<name>[\w-]+)\b[^>]*-->")
+END = re.compile(r"<!-- end generated: (?P<name>[\w-]+) -->")
+
+
+class DocBlockError(ValueError):
+    """A document's generated blocks cannot be read: unknown name or unbalanced markers."""
+
+
+# ------------------------------------------------------------------------------------------ tables
+def read_table(path: Path) -> tuple[pd.DataFrame, dict]:
+    """(rows, provenance) of a table written by a notebook: leading '# key: value' lines, then CSV."""
+    lines = path.read_text().splitlines(keepends=True)
+    meta = dict(line[2:].strip().split(": ", 1) for line in lines if line.startswith("# "))
+    body = "".join(line for line in lines if not line.startswith("#"))
+    return pd.read_csv(io.StringIO(body)), meta
+
+
+def link(path: str) -> str:
+    """A markdown link to a file of the repository, by its path from the root."""
+    return f"[{path}]({path})"
+
+
+def pct(values: pd.Series) -> str:
+    """Percent, mean ± std over seeds (sample std, as the claims tables give it)."""
+    mean = f"{100 * values.mean():.1f}"
+    return f"{mean} ± {100 * values.std():.1f}" if len(values) > 1 else mean
+
+
+def bench_ratios(results: Path) -> dict[str, dict]:
+    """{device: {'dtype', 'commit', variant: step time / MAE's}} from bench.csv's preset-model rows in the
+    precision the preset trains in on that device; also the range of bf16 autocast steps over fp32 ones."""
+    bench = pd.read_csv(results / "tables" / "bench.csv")
+    preset_rows = bench[bench["benchmark"].str.endswith("preset model")]
+    ratios = {}
+    for device, rows in preset_rows.groupby("device", sort=False):
+        trained = rows[rows["preset_path"].astype(bool)].set_index("variant")
+        bf16 = rows[rows["dtype"].str.startswith("bf16")]["ratio_to_fp32"].dropna()
+        ratios[device] = {"dtype": trained["dtype"].iloc[0], "commit": trained["commit"].iloc[0],
+                          **trained["ratio_to_mae"].to_dict(),
+                          "bf16_to_fp32": (bf16.min(), bf16.max()) if len(bf16) else None}
+    return ratios
+
+
+# ------------------------------------------------------------------------------------------ blocks
+def headline(results: Path) -> str:
+    """README: transfer, recognition and step cost of the three methods on the cpu preset."""
+    cpu = "results/tables/cpu"
+    transfer, meta = read_table(results / "tables/cpu/01_transfer.csv")
+    baselines = read_table(results / "tables/cpu/01_baselines.csv")[0].set_index("baseline")
+    designs = read_table(results / "tables/cpu/03_recognition_designs.csv")[0]
+    by_method = {m: transfer[transfer["method"] == m] for m in METHODS}
+    # the headline's own MixedAE runs, whose recognition notebook 03 tabulates beside the other designs
+    recognition = designs[designs["run"].isin(by_method["mixedae"]["run"])]
+    # the evaluation recipe the records were scored with, read from a record rather than from today's preset
+    recipe = json.loads((results / "runs/cpu" / transfer["run"].iloc[0] / "eval.json").read_text())["eval"]
+    seeds = ", ".join(str(s) for s in sorted(transfer["seed"].unique()))
+    rows = [f"| `cpu` preset, mean ± std over seeds {seeds} | MAE | naive mixing | MixedAE | random init "
+            "| raw pixels |", "|---|---|---|---|---|---|"]
+    for column, label in (("knn_cls", "kNN [CLS], %"), ("probe_cls", "linear probe [CLS], %")):
+        pixels = "knn_pixels" if column == "knn_cls" else "probe_pixels"
+        rows.append(f"| {label} | " + " | ".join(pct(by_method[m][column]) for m in METHODS)
+                    + f" | {100 * baselines.loc['random_init', column]:.1f}"
+                    f" | {100 * baselines.loc['raw_pixels', pixels]:.1f} |")
+    acc = recognition["topk_acc"]
+    rows.append(f"| TopK accuracy, mean over layers (chance {recognition['topk_acc_chance'].iloc[0]:.3f}) "
+                f"| – | – | {acc.mean():.3f} ± {acc.std():.3f} | – | – |")
+    for device, r in bench_ratios(results).items():
+        rows.append(f"| training step, × MAE's ({device}, {r['dtype']}, commit {r['commit']}) | 1.00 "
+                    f"| {r['naive']:.2f} | {r['mixedae']:.2f} (full mixing {r['mixedae_full']:.2f}) | – | – |")
+    sources = ", ".join(link(f"{cpu}/{name}") for name in
+                        ("01_transfer.csv", "01_baselines.csv", "03_recognition_designs.csv"))
+    return (f"From {sources} (commit {meta['commit']}) and {link('results/tables/bench.csv')}. kNN and linear "
+            f"probe on the frozen encoder, {recipe['train_subset']} training and {recipe['test_subset']} test "
+            f"images. Each claim with its p-value and verdict: {link('results/README.md')}.\n\n"
+            + "\n".join(rows))
+
+
+def reproduce_time(results: Path) -> str:
+    """README: what `make reproduce PRESET=cpu` cost on the machine of the committed records."""
+    campaigns = json.loads((results / "tables/cpu/campaign_log.json").read_text())
+    # a campaign that found no record trained (or re-evaluated) the whole experiment table
+    whole = [c for c in campaigns if c["recorded_before"] == 0]
+    if not whole:
+        raise DocBlockError("reproduce-time: no campaign of results/tables/cpu/campaign_log.json started from no "
+                            "record")
+    whole = whole[-1]
+    notebooks = json.loads((results / "tables/cpu/reproduce_log.json").read_text())
+    full_over_compose = {d: r["mixedae_full"] / r["mixedae"] for d, r in bench_ratios(results).items()}
+    evaluated = (f" and {len(whole['evaluated'])} evaluated (already trained in the run cache)"
+                 if whole["evaluated"] else "")
+    steps = ", ".join(f"{x:.1f}× a compose step on {d}" for d, x in full_over_compose.items())
+    sources = ", ".join(link(f"results/tables/{name}") for name in
+                        ("cpu/campaign_log.json", "cpu/reproduce_log.json", "bench.csv"))
+    return (f"`make reproduce PRESET=cpu` as committed: its last campaign that started from no record (commit "
+            f"{whole['provenance']['commit']}), {whole['workers']} side by side on {whole['provenance']['device']}, "
+            f"took {whole['wall_seconds'] / 60:.0f} min: {len(whole['trained'])} runs trained{evaluated}; the "
+            f"notebooks took {sum(notebooks.values()) / 60:.1f} min. The slowest run is MixedAE's full mode: its "
+            f"step takes {steps}. From {sources}; every campaign behind the records: {link('results/README.md')}.")
+
+
+def recognition_designs(results: Path) -> str:
+    """METHOD §6: TopK accuracy, homologous loss, reconstruction and kNN of each recognition design."""
+    designs, meta = read_table(results / "tables/cpu/03_recognition_designs.csv")
+    baselines = read_table(results / "tables/cpu/01_baselines.csv")[0].set_index("baseline")
+    layers = [c for c in designs if c.startswith("topk_acc_layer")]  # in block order, as the notebook wrote them
+    rows = ["| design | seeds | TopK accuracy (mean; per layer) | `loss_hc` (chance → perfect) | `loss_rec` "
+            "| kNN [CLS] |", "|---|---|---|---|---|---|"]
+    for design, d in designs.groupby("design", sort=False):
+        per_layer = " ".join(f"{d[c].mean():.2f}" for c in layers)
+        rows.append(f"| {design} | {len(d)} | {d['topk_acc'].mean():.3f}; {per_layer} "
+                    f"| {d['loss_hc_last'].mean():.2f} "
+                    f"({d['loss_hc_chance'].iloc[0]:.2f} → {d['loss_hc_perfect'].iloc[0]:.2f}) "
+                    f"| {d['loss_rec'].mean():.3f} | {pct(d['knn_cls'])} |")
+    chance = designs["topk_acc_chance"].iloc[0]
+    return (f"From {link('results/tables/cpu/03_recognition_designs.csv')} (notebook 03, commit "
+            f"{meta['commit']}): the `cpu` model, one epoch of the 60k training images, TopK accuracy and "
+            f"`loss_hc` at the last logged step (TopK chance {chance:.3f}), kNN [CLS] on the cpu evaluation "
+            f"recipe (random init {100 * baselines.loc['random_init', 'knn_cls']:.1f}, "
+            f"{link('results/tables/cpu/01_baselines.csv')}); means over the seeds of each row.\n\n" + "\n".join(rows))
+
+
+def step_cost(results: Path) -> str:
+    """METHOD §6 Cost: each method's step over MAE's, and bf16's over fp32's, per benchmarked device."""
+    lines = [f"From {link('results/tables/bench.csv')} (`make bench`: medians of per-round ratios of step times "
+             "measured alternately in one run):", ""]
+    for device, r in bench_ratios(results).items():
+        bf16 = r["bf16_to_fp32"]
+        lines.append(f"- {device}, {r['dtype']} (commit {r['commit']}): MixedAE's step {r['mixedae']:.2f}× "
+                     f"MAE's, naive mixing's {r['naive']:.2f}×, full mixing's {r['mixedae_full']:.2f}× "
+                     f"({r['mixedae_full'] / r['mixedae']:.1f}× compose's)"
+                     + (f"; each method's bf16 autocast step {bf16[0]:.1f}–{bf16[1]:.1f}× its fp32 step." if bf16
+                        else "."))
+    return "\n".join(lines)
+
+
+BLOCKS = {"headline": headline, "reproduce-time": reproduce_time,
+          "recognition-designs": recognition_designs, "step-cost": step_cost}
+
+
+# ------------------------------------------------------------------------------------------ documents
+def blocks(text: str, doc: str = "document") -> list[tuple[str, int, int]]:
+    """(name, start, end) of each generated block's body in `text`; every marker must pair with the next."""
+    markers = sorted([(m.start(), m.end(), m["name"], "start") for m in START.finditer(text)]
+                     + [(m.start(), m.end(), m["name"], "end") for m in END.finditer(text)])
+    found = []
+    for i in range(0, len(markers), 2):
+        _, body_start, name, kind = markers[i]
+        after = markers[i + 1] if i + 1 < len(markers) else None  # the marker that must close this block
+        line = text.count("\n", 0, markers[i][0]) + 1
+        if kind != "start":
+            raise DocBlockError(f"{doc}, line {line}: '<!-- end generated: {name} -->' closes no block")
+        if after is None or after[3] != "end" or after[2] != name:
+            raise DocBlockError(f"{doc}, line {line}: block '{name}' is not closed by "
+                                f"'<!-- end generated: {name} -->' before the next marker")
+        if name not in BLOCKS:
+            raise DocBlockError(f"{doc}, line {line}: block '{name}' has no generator "
+                                f"(known blocks: {', '.join(BLOCKS)})")
+        found.append((name, body_start, after[0]))
+    return found
+
+
+def render(text: str, results: Path, doc: str = "README.md") -> str:
+    """`text` with every generated block's body written anew from `results`; `doc` is the document's path
+    from the repository root, so that the bodies' links resolve from where it sits."""
+    up = "../" * doc.count("/")
+    out, done = [], 0
+    for name, start, end in blocks(text, doc):
+        body = BLOCKS[name](Path(results))
+        # bodies link from the repository root; a document in docs/ reaches results/ through ../
+        body = body.replace("](results/", f"]({up}results/")
+        out += [text[done:start], "\n", body, "\n"]
+        done = end
+    return "".join(out + [text[done:]])
+
+
+def stale_blocks(repo_root: Path = REPO, results: Path | None = None) -> dict[str, list[str]]:
+    """{document: names of its blocks whose committed body differs from what `results` regenerates}; empty
+    when every block is current."""
+    repo_root = Path(repo_root)
+    results = Path(results) if results else repo_root / "results"
+    stale = {}
+    for doc in DOCS:
+        text = (repo_root / doc).read_text()
+        fresh = render(text, results, doc)
+        old, new = blocks(text, doc), blocks(fresh, doc)
+        names = [name for (name, s, e), (_, s2, e2) in zip(old, new) if text[s:e] != fresh[s2:e2]]
+        if names:
+            stale[doc] = names
+    return stale
+
+
+def write_docs(repo_root: Path = REPO, results: Path | None = None) -> list[Path]:
+    """Rewrite the generated blocks of README.md and docs/METHOD.md from `results` (default: the repository's
+    results/); returns the documents that changed. `make reproduce` calls it after writing results/README.md."""
+    repo_root = Path(repo_root)
+    results = Path(results) if results else repo_root / "results"
+    changed = []
+    for doc in DOCS:
+        path = repo_root / doc
+        text = path.read_text()
+        fresh = render(text, results, doc)
+        if fresh != text:
+            path.write_text(fresh)
+            changed.append(path)
+    return changed

@@ -1,0 +1,70 @@
+"""README.md and docs/METHOD.md quote measured numbers only in generated blocks, and the committed blocks are
+what the committed tables regenerate."""
+import re
+import shutil
+
+import pytest
+
+from conftest import REPO
+from mixedae_core.lab.docblocks import BLOCKS, DOCS, DocBlockError, blocks, render, stale_blocks
+
+RESULTS = REPO / "results"
+
+
+def copy_docs(tmp_path):
+    """The committed documents under tmp_path, laid out as in the repository (the tables stay where they are)."""
+    for doc in DOCS:
+        (tmp_path / doc).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / doc, tmp_path / doc)
+    return tmp_path
+
+
+def test_the_committed_blocks_are_what_the_committed_tables_regenerate():
+    assert stale_blocks(REPO) == {}, "run `make reproduce` (or mixedae_core.lab.docblocks.write_docs) and commit"
+
+
+def test_a_number_edited_by_hand_inside_a_block_is_found(tmp_path):
+    root = copy_docs(tmp_path)
+    for doc in DOCS:
+        text = (root / doc).read_text()
+        for name, start, end in blocks(text, doc):
+            number = re.search(r"\d\.(\d)", text[start:end])  # the first decimal's first decimal place
+            assert number, f"block {name} of {doc} quotes no measured number"
+            at = start + number.start(1)
+            (root / doc).write_text(text[:at] + str((int(text[at]) + 1) % 10) + text[at + 1:])
+            assert stale_blocks(root, RESULTS) == {doc: [name]}, f"{doc}: a hand edit of block {name} went unseen"
+        (root / doc).write_text(text)
+    assert stale_blocks(root, RESULTS) == {}
+
+
+def test_every_generator_fills_a_block_and_every_block_links_files_that_exist():
+    used = set()
+    for doc in DOCS:
+        text = render((REPO / doc).read_text(), RESULTS, doc)
+        for name, start, end in blocks(text, doc):
+            used.add(name)
+            targets = re.findall(r"\]\(([^)]+)\)", text[start:end])
+            assert targets, f"{doc}: block {name} names no table"
+            for target in targets:
+                assert ((REPO / doc).parent / target).exists(), f"{doc}: block {name} links {target}, which is missing"
+    assert used == set(BLOCKS), f"generators no document uses: {set(BLOCKS) - used}"
+
+
+@pytest.mark.parametrize("text, message", [
+    ("<!-- generated: nosuch (from nowhere) -->\nx\n<!-- end generated: nosuch -->\n", "has no generator"),
+    ("<!-- generated: headline -->\nx\n", "is not closed"),
+    ("<!-- generated: headline -->\nx\n<!-- end generated: step-cost -->\n", "is not closed"),
+    ("<!-- generated: headline -->\n<!-- generated: step-cost -->\n<!-- end generated: step-cost -->\n"
+     "<!-- end generated: headline -->\n", "is not closed"),
+    ("text\n<!-- end generated: headline -->\n", "closes no block"),
+])
+def test_unknown_or_unbalanced_blocks_are_refused_with_the_line(text, message):
+    with pytest.raises(DocBlockError, match=message) as info:
+        render(text, RESULTS, "README.md")
+    assert "README.md, line " in str(info.value)
+
+
+def test_a_document_in_a_subfolder_links_the_tables_from_there():
+    text = "<!-- generated: step-cost -->\n<!-- end generated: step-cost -->\n"
+    assert "](results/tables/bench.csv)" in render(text, RESULTS, "README.md")
+    assert "](../results/tables/bench.csv)" in render(text, RESULTS, "docs/METHOD.md")
