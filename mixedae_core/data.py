@@ -101,17 +101,22 @@ def load_fashion_mnist(split: str) -> TensorDataset:
 def load_torchvision(name: str, split: str, download: bool) -> TensorDataset:
     root = data_root()
     train = split == "train"
+    reader = {"cifar10": tvd.CIFAR10, "cifar100": tvd.CIFAR100, "stl10": tvd.STL10}[name]
     try:
         if name in ("cifar10", "cifar100"):
-            ds = (tvd.CIFAR10 if name == "cifar10" else tvd.CIFAR100)(root, train=train, download=download)
+            ds = reader(root, train=train, download=download)
             images, labels = torch.from_numpy(ds.data).permute(0, 3, 1, 2), torch.tensor(ds.targets)
         else:
-            ds = tvd.STL10(root, split="train" if train else "test", download=download)
+            ds = reader(root, split="train" if train else "test", download=download)
             images, labels = torch.from_numpy(ds.data), torch.from_numpy(ds.labels.astype(np.int64))
     except RuntimeError as err:  # torchvision: "Dataset not found or corrupted. You can use download=True ..."
-        raise DatasetError(f"{name} not found or corrupted under {root.resolve()} ({err}). "
-                           f"Download it with `--download true` (needs internet), or place torchvision's "
-                           f"{name} files there, or set MIXEDAE_DATA to the folder that holds them.") from None
+        # torchvision compares every file with the md5 sum of the official release, so files of one's own in
+        # this layout fail here too: say so, and where such images belong
+        raise DatasetError(f"{name} not found or corrupted in {(root / reader.base_folder).resolve()} ({err}). "
+                           f"Download it with `--download true` (needs internet), or set MIXEDAE_DATA to the "
+                           f"folder that holds the official release's {reader.base_folder}/ (its files are "
+                           f"checked against their md5 sums); train on images of your own with "
+                           f"--dataset imagefolder:PATH.") from None
     return TensorDataset(images.contiguous(), labels.long(), name, 100 if name == "cifar100" else 10)
 
 
