@@ -9,7 +9,8 @@ import pytest
 
 from mixedae_core.config import PRESETS, make_config
 from mixedae_core.lab.campaign import campaign_plan, run_campaign
-from mixedae_core.lab.claims import AT_FLOOR, adjusted, against_spread, claim, headline, holm, mean_std, paired_test, verdict
+from mixedae_core.lab.claims import (AT_FLOOR, adjusted, against_spread, claim, headline, holm, mean_std, paired_test,
+                                     per_seed, verdict)
 from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
 from mixedae_core.lab.notebook import NOTEBOOK_DIR, conclusion
 from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
@@ -264,3 +265,25 @@ def test_final_losses_come_from_the_last_logged_window_not_the_epoch_mean():
     assert final_losses(metrics[-2:-1]) == {"loss_rec": 100.0, "loss_hc": 0.0}
     assert final_losses([]) == {}
 
+
+def test_notebooks_are_thin_their_analysis_lives_in_the_lab():
+    import ast
+
+    import nbformat
+    longest = 15
+    for name in NOTEBOOKS:
+        cells = [c for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"]
+        assert "parameters" in cells[0].metadata.get("tags", []), name
+        for i, cell in enumerate(cells):
+            assert len(cell.source.splitlines()) <= longest, f"{name}, code cell {i}: more than {longest} lines"
+            defined = [node.name for node in ast.walk(ast.parse(cell.source))
+                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            assert not defined, f"{name}, code cell {i} defines {defined}: a notebook's helpers belong in the lab"
+
+
+def test_per_seed_pairs_values_by_seed():
+    table = pd.DataFrame({"method": ["a", "b", "a", "b", "a"], "layout": ["x", "x", "x", "x", "y"],
+                          "seed": [2, 0, 0, 2, 1], "score": [0.2, 1.0, 0.0, 1.2, 9.0]})
+    assert per_seed(table, "score", method="a", layout="x").tolist() == [0.0, 0.2]
+    assert per_seed(table, "score", method="b").tolist() == [1.0, 1.2]
+    assert per_seed(table, "seed").tolist() == [0, 0, 1, 2, 2]

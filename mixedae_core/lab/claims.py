@@ -1,10 +1,18 @@
-"""Is a difference between runs real: per-seed values compared by paired t-tests, Holm's correction
+"""Is a difference between runs real: per-seed values paired by seed, paired t-tests, Holm's correction
 across a notebook's claims, and the verdict each claim earns against the paper's direction."""
 import math
 
 import numpy as np
 import pandas as pd
 from scipy.stats import ttest_rel
+
+
+def per_seed(table: pd.DataFrame, column: str, **where) -> np.ndarray:
+    """`column` of the rows of `table` whose columns equal `where`, in seed order: the values a claim pairs by
+    seed (each seed gives every method the same initial weights)."""
+    for name, value in where.items():
+        table = table[table[name] == value]
+    return table.sort_values("seed")[column].to_numpy()
 
 
 def _number(x: float, digits: int | None) -> str:
@@ -94,6 +102,12 @@ def unvalidated(c: dict, reason: str) -> dict:
     """A claim reported without a verdict, because its measure failed a check that has nothing to do with the
     paper (`reason`): it keeps its numbers and leaves Holm's correction."""
     return {k: v for k, v in c.items() if k != "paper_sign"} | {"verdict": f"{NO_VERDICT}: {reason}"}
+
+
+def reported(text: str, measured: str, difference: float, reason: str) -> dict:
+    """A single measurement set beside a claim whose setting it does not share (`reason`): no test, no verdict."""
+    return {"claim": text, "measured": measured, "difference": difference, "p_value": float("nan"), "seeds": 1,
+            "verdict": f"{NO_VERDICT}: {reason}"}
 
 
 def adjusted(claims: list[dict]) -> list[dict]:

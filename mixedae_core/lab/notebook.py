@@ -82,12 +82,6 @@ def conclusion(claims: list[dict], *notes: str, knn_spread: float | None = None)
     return Markdown("\n".join(lines + ([""] + list(notes) if notes else [])))
 
 
-def recognition_notes(rows: pd.DataFrame) -> list[str]:
-    """One line per run whose homologous recognition sat at chance or at its collapse value at the end."""
-    flagged = rows[rows["warnings"].fillna("") != ""] if "warnings" in rows else rows.iloc[:0]
-    return [f"- Run {r['run']} ({r['method']}, seed {r['seed']}): {r['warnings']}." for _, r in flagged.iterrows()]
-
-
 def _p_text(c: dict) -> str:
     if math.isnan(c["p_value"]):
         return ""
