@@ -9,11 +9,13 @@ import pytest
 
 from mixedae_core.config import PRESETS, make_config
 from mixedae_core.lab.campaign import campaign_plan, run_campaign
+from mixedae_core.lab.claims import (AT_FLOOR, adjusted, against_spread, claim, headline, holm, mean_std, paired_test,
+                                     per_seed, verdict)
 from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
-from mixedae_core.lab.timing import bench_key
+from mixedae_core.lab.notebook import NOTEBOOK_DIR, conclusion
 from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
-from mixedae_core.lab.suite import (AT_FLOOR, Suite, adjusted, against_spread, claim, conclusion, headline, holm, mean_std,
-                                    paired_test, verdict)
+from mixedae_core.lab.suite import Suite, final_losses
+from mixedae_core.lab.timing import bench_key
 
 SEEDS = list(PRESETS["smoke"].seeds)
 
@@ -126,7 +128,6 @@ def test_unknown_notebook_parameter_is_an_error(tmp_path):
     ("04_compose_vs_full", {"timing_steps": -2}, "timing_steps counts something")])
 def test_papermill_run_directly_refuses_undeclared_or_mistyped_parameters(notebook, params, needle, tmp_path):
     import papermill
-    from mixedae_core.lab.reproduce import NOTEBOOK_DIR
     with pytest.raises(papermill.PapermillExecutionError, match=re.escape(needle)):
         papermill.execute_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters={"preset": "smoke", "out_dir": str(tmp_path), **params},
@@ -258,9 +259,31 @@ def test_campaign_stops_runs_at_its_budget_and_the_next_campaign_resumes_them(tm
 
 
 def test_final_losses_come_from_the_last_logged_window_not_the_epoch_mean():
-    from mixedae_core.lab.suite import final_losses
     metrics = [{"kind": "step", "step": s, "loss_rec": float(s), "loss_hc": 0.0} for s in range(0, 101, 10)]
     metrics.append({"kind": "epoch", "step": 100, "loss_rec": 50.0, "loss_hc": 0.0})  # the epoch mean: not it
     assert final_losses(metrics) == {"loss_rec": 95.0, "loss_hc": 0.0}  # steps 90 and 100
     assert final_losses(metrics[-2:-1]) == {"loss_rec": 100.0, "loss_hc": 0.0}
     assert final_losses([]) == {}
+
+
+def test_notebooks_are_thin_their_analysis_lives_in_the_lab():
+    import ast
+
+    import nbformat
+    longest = 15
+    for name in NOTEBOOKS:
+        cells = [c for c in nbformat.read(NOTEBOOK_DIR / f"{name}.ipynb", as_version=4).cells if c.cell_type == "code"]
+        assert "parameters" in cells[0].metadata.get("tags", []), name
+        for i, cell in enumerate(cells):
+            assert len(cell.source.splitlines()) <= longest, f"{name}, code cell {i}: more than {longest} lines"
+            defined = [node.name for node in ast.walk(ast.parse(cell.source))
+                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))]
+            assert not defined, f"{name}, code cell {i} defines {defined}: a notebook's helpers belong in the lab"
+
+
+def test_per_seed_pairs_values_by_seed():
+    table = pd.DataFrame({"method": ["a", "b", "a", "b", "a"], "layout": ["x", "x", "x", "x", "y"],
+                          "seed": [2, 0, 0, 2, 1], "score": [0.2, 1.0, 0.0, 1.2, 9.0]})
+    assert per_seed(table, "score", method="a", layout="x").tolist() == [0.0, 0.2]
+    assert per_seed(table, "score", method="b").tolist() == [1.0, 1.2]
+    assert per_seed(table, "seed").tolist() == [0, 0, 1, 2, 2]

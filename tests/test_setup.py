@@ -19,19 +19,6 @@ def test_environment_yml_mirrors_requirements():
     assert requirements["torch"] == "2.14.1" and requirements["torchvision"] == "0.29.1"
 
 
-def test_the_core_never_imports_the_lab():
-    import ast
-    core = [p for p in (REPO / "mixedae_core").glob("*.py") if p.name != "__main__.py"]  # the CLI entry point
-    assert {p.stem for p in core} >= {"model", "mixing", "losses", "data", "config", "train", "evaluate"}
-    for path in core:
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom):
-                module = "." * node.level + (node.module or "")
-                assert "lab" not in module.split("."), f"{path.name} imports {module}"
-            elif isinstance(node, ast.Import):
-                assert not any(".lab" in a.name for a in node.names), f"{path.name} imports the lab"
-
-
 def test_no_file_points_outside_the_repository():
     import subprocess
     files = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True).stdout.split()

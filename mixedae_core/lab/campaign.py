@@ -8,6 +8,7 @@ and recorded in results/runs/<preset>/ (runs.py), so a committed record is never
 When the budget runs out the running processes get SIGTERM: they checkpoint and stop, and the next
 campaign on that machine resumes them; runs not yet started wait for the next campaign.
 """
+import contextlib
 import json
 import multiprocessing as mp
 import os
@@ -16,6 +17,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 
 from tqdm.auto import tqdm
@@ -42,8 +44,6 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start
     all workers share) has passed. Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in
     training at a checkpoint (train() handles it there), lets an evaluation finish, and stops anything
     else at once."""
-    import contextlib
-    import traceback
     evaluating = []
 
     def on_sigterm(*_):

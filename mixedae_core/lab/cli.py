@@ -36,8 +36,12 @@ from ..config import PRESETS, Config, EvalConfig, field_docs, make_config
 from ..data import DatasetError
 from ..runfiles import CheckpointError, RunFileError
 from ..train import NonFiniteLossError, RunExistsError, available_device, train
+from .campaign import run_campaign
+from .experiments import NOTEBOOKS
 from .provenance import stamp
+from .reproduce import CampaignIncomplete, run_notebooks
 from .runs import check_recordable, ensure_run, evaluate_run, runs_root
+from .suite import Suite
 
 DEFAULT_PRESET = "cpu"
 
@@ -197,7 +201,6 @@ def record(argv):
     add_fields(parser, Config, make_config(DEFAULT_PRESET))
     args = parser.parse_args(argv)
     overrides = field_overrides(parser, args, Config)
-    from .suite import Suite
     try:
         config = make_config(args.preset, **overrides)
         check_recordable(config)
@@ -253,7 +256,6 @@ def check_suite_options(parser, args):
 
 
 def campaign(argv):
-    from .campaign import run_campaign
     parser = Parser(prog="python -m mixedae_core campaign",
                     description="Train and record every run the notebooks need, several side by side.")
     suite_options(parser)
@@ -271,8 +273,6 @@ def campaign(argv):
 
 
 def reproduce(argv):
-    from .experiments import NOTEBOOKS
-    from .reproduce import CampaignIncomplete, run_notebooks
     parser = Parser(prog="python -m mixedae_core reproduce",
                     description="Train and record the runs (campaign), execute the ablation notebooks, write results/.")
     suite_options(parser)

@@ -7,7 +7,6 @@ Each notebook gets `preset`, `seeds`, `device`, `out_dir`; a parameter a noteboo
 an error (papermill alone would only warn). Runs are shared through the run cache and the records, so an
 interrupted reproduce continues where it stopped.
 """
-import ast
 import json
 import time
 from pathlib import Path
@@ -15,18 +14,11 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import PRESETS
+from .campaign import run_campaign
+from .claims import headline
 from .experiments import NOTEBOOKS
-from .provenance import REPO, git_commit
-from .suite import headline
-
-NOTEBOOK_DIR = REPO / "notebooks"
-
-
-def notebook_parameters(path: Path, defaults: bool = False):
-    """The names the notebook's parameters cell declares or, with `defaults`, {name: default value}."""
-    import papermill
-    declared = papermill.inspect_notebook(str(path))
-    return {name: ast.literal_eval(p["default"]) for name, p in declared.items()} if defaults else set(declared)
+from .notebook import NOTEBOOK_DIR, notebook_parameters
+from .provenance import git_commit
 
 
 class CampaignIncomplete(RuntimeError):
@@ -38,7 +30,7 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
                   budget_s: float | None = None) -> dict:
     """The campaign (unless `only` picks notebooks), then the notebooks; returns {notebook: wall seconds}.
     `extra` adds parameters to every notebook."""
-    import papermill
+    import papermill  # seconds to import, and only running the notebooks needs it
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out_dir).resolve()
@@ -48,7 +40,6 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
                          f"the notebooks are {', '.join(NOTEBOOKS)}")
     names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
     if not only:
-        from .campaign import run_campaign
         result = run_campaign(preset, None, out, runs_root, device, workers, budget_s, progress=progress)
         if not result["complete"]:
             raise CampaignIncomplete(
