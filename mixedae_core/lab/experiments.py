@@ -12,7 +12,7 @@ import pandas as pd
 import torch
 
 from ..data import training_batches
-from ..model import METHODS
+from ..config import METHODS
 from .provenance import REPO
 from .timing import bench_key
 

@@ -1,5 +1,5 @@
 """`make reproduce`: train and record the runs (campaign.py), execute the ablation notebooks through
-papermill, write results/README.md.
+papermill, write results/README.md and the generated blocks of README.md and docs/METHOD.md.
 
     python -m mixedae_core reproduce --preset cpu [--out results] [--workers 1] [--budget S] [--only 01,05]
 
@@ -16,9 +16,10 @@ import pandas as pd
 from ..config import PRESETS
 from .campaign import run_campaign
 from .claims import headline
+from .docblocks import write_docs
 from .experiments import NOTEBOOKS
 from .notebook import NOTEBOOK_DIR, notebook_parameters
-from .provenance import git_commit
+from .provenance import REPO, git_commit
 
 
 class CampaignIncomplete(RuntimeError):
@@ -68,6 +69,8 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
     log.write_text(json.dumps({**previous, **timings}, indent=1))
     if PRESETS[preset].committed:  # the smoke check's tables and figures are git-ignored: no section for them
         write_readme(out)
+    if out == (REPO / "results").resolve():  # the docs quote the repository's own tables, not another folder's
+        write_docs(REPO, out)
     return timings
 
 

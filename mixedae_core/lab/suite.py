@@ -14,9 +14,9 @@ import pandas as pd
 import torch
 
 from ..config import PRESETS, Config, make_config
-from ..data import load_dataset, normalize
+from ..data import dataset_of, normalize
 from ..evaluate import DEPENDENCE_LAYOUTS
-from ..model import METHODS
+from ..config import METHODS
 from ..runfiles import load_model, read_metrics, run_finished
 from ..train import describe_device, resolve_device
 from .experiments import drawn_runs, notebook_runs
@@ -146,7 +146,7 @@ class Suite:
         """(normalised images on the device, uint8 images, labels): n test images of the preset's data,
         a fixed random choice per seed."""
         c = self.config(**overrides)
-        test = load_dataset(c.dataset_kind, "test", c.img_size, c.in_chans, c.download, c.synthetic_size, c.seed)
+        test = dataset_of(c, "test")
         idx = torch.randperm(len(test), generator=torch.Generator().manual_seed(seed))[:n]
         raw = test.images[idx].to(resolve_device(c))
         return normalize(raw, test.name), raw, test.labels[idx]

@@ -7,8 +7,8 @@ import time
 
 import torch
 
-from ..config import Config
-from ..model import ModelConfig, build_model
+from ..config import Config, ModelConfig
+from ..model import build_model
 from ..train import TrainStep
 from .runs import run_key
 
