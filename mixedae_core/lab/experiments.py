@@ -92,6 +92,16 @@ RECOGNITION_DESIGNS = {  # the default first
     "SupCon on features, weight 0.1, segment emb. at encoder (before)": {"hc_form": "features", "seg_embed": "encoder",
                                                                          "hc_weight": 0.1},
 }
+# The paper's remaining ablations, each beside the default design (the headline's MixedAE): the method as the
+# paper writes it (docs/METHOD.md §4: SupCon on the final features, one shared [CLS], segment embedding at the
+# encoder; the weight is our first reading's), the homologous loss switched off while TopK stays, and the
+# mixing ratio r = 1/2 against the default 1/4.
+ABLATIONS = {
+    "the paper as written: SupCon on features (weight 0.1), one shared [CLS]": {"hc_form": "features", "hc_weight": 0.1,
+                                                                             "cls_per_image": False},
+    "homologous loss off (weight 0), TopK on": {"hc_weight": 0.0},
+    "mixing ratio r = 1/2 (G = 2)": {"mix_ratio": 0.5},
+}
 EXPERIMENTS = {
     "00_tour": Experiment(variants=({"method": "mixedae"},), seeds="first", draws=("mixedae",)),
     "01_naive_mixing_vs_mae": Experiment(variants=HEADLINE),
@@ -100,7 +110,7 @@ EXPERIMENTS = {
         seeds="first", also=("01_naive_mixing_vs_mae",)),
     "03_choice_of_k": Experiment(
         variants=(lambda c: [{"method": "mixedae", "topk": k} for k in k_values(c)],), seeds="first",
-        also=("recognition_default", "recognition_designs")),
+        also=("recognition_default", "recognition_designs", "ablations")),
     # Notebook 03's section on the recognition designs: the default is the headline's MixedAE (every seed),
     # each other design one seed, on the preset's schedule.
     "recognition_default": Experiment(
@@ -108,6 +118,7 @@ EXPERIMENTS = {
     "recognition_designs": Experiment(
         variants=tuple({"method": "mixedae", **design} for design in list(RECOGNITION_DESIGNS.values())[1:]),
         seeds="first"),
+    "ablations": Experiment(variants=tuple({"method": "mixedae", **a} for a in ABLATIONS.values()), seeds="first"),
     "04_compose_vs_full": Experiment(
         variants=({"method": "mixedae"}, {"method": "mixedae", "mix_mode": "full"},
                   lambda c: [{"method": "mixedae", "mix_mode": "full", "max_steps": equal_compute(c)[0]}]),
