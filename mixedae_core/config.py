@@ -202,8 +202,8 @@ class ModelConfig:
     def canonical(self):
         """A copy in which two configs that build the same model are equal: a MixedAE switch at its default
         back to None (`topk=rN`, `topk=None`: one model; 'global' as its number of keys), the loss's other
-        switches at their defaults where there is no homologous loss, and `cls_reads_itself` where no [CLS]
-        is per image."""
+        switches at their defaults where there is no homologous loss, `cls_reads_itself` where no [CLS] is per
+        image, and `cls_per_image` where nothing is mixed."""
         replace = {}
         if self.method == "mixedae":
             replace |= {"topk": None if self.resolved_topk == self.default_topk else self.resolved_topk,
@@ -216,6 +216,8 @@ class ModelConfig:
             replace |= {name: MIXEDAE_DEFAULTS[name] for name in LOSS_SWITCHES if name != "hc_weight"}
         if not self.per_image_cls:  # a ViT's [CLS], which reads every token: the switch cannot change the model
             replace |= {"cls_reads_itself": True}
+        if not self.mixes:  # one image per sequence: its [CLS] is the image's either way
+            replace |= {"cls_per_image": True}
         return dataclasses.replace(self, **replace)
 
     def without_mixing(self) -> "ModelConfig":

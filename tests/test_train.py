@@ -436,6 +436,8 @@ def test_a_switch_at_its_default_value_names_the_same_run():
         run_key(make_config("smoke", method="mixedae", topk=N), CODE_VERSION)
     assert run_key(make_config("smoke", method="mixedae", hc_weight=0.0, hc_form="features"), CODE_VERSION) == \
         run_key(make_config("smoke", method="mixedae", hc_weight=0.0), CODE_VERSION)
+    assert run_key(make_config("smoke", method="mae", cls_per_image=False), CODE_VERSION) == \
+        run_key(make_config("smoke", method="mae"), CODE_VERSION)  # one image per sequence: nothing to share
 
 
 @pytest.mark.parametrize("command,cls", [("pretrain", Config), ("evaluate", None)])
