@@ -339,6 +339,11 @@ class Config(ModelConfig):
     def dataset_kind(self) -> str:
         return self.dataset.split(":", 1)[0]
 
+    @property
+    def dataset_path(self) -> str:
+        """PATH of imagefolder:PATH ('' for the other datasets)."""
+        return self.dataset.partition(":")[2].strip()
+
     def validate(self):
         super().validate()
 
@@ -349,8 +354,8 @@ class Config(ModelConfig):
         if kind not in NORMALIZATION:
             bad(f"dataset must be one of fashion-mnist, cifar10, cifar100, stl10, synthetic, imagefolder:PATH; "
                 f"got {self.dataset!r}")
-        if kind == "imagefolder" and not self.dataset.partition(":")[2].strip():
-            bad("imagefolder needs a path: --dataset imagefolder:/path/to/train")
+        if kind == "imagefolder" and not self.dataset_path:
+            bad("imagefolder needs a path: --dataset imagefolder:/path/to/images")
         if kind != "synthetic" and dataset_channels(kind) != self.in_chans:
             bad(f"{kind} images have {dataset_channels(kind)} channel(s): set in_chans={dataset_channels(kind)}")
         if kind == "fashion-mnist" and self.img_size != 32:
@@ -468,16 +473,18 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
              "minutes, far from the paper's hundreds of epochs: read every verdict against the seed spread "
              "beside it; they say little about the paper's claims."),
     "smoke": Preset(
-        # Seconds on a CPU: a functional check of the whole pipeline (tests, CI).
+        # Seconds on a CPU: a functional check of the whole pipeline (tests, CI). workers=0: an image folder's
+        # few small images decode faster in the process than DataLoader workers start.
         train=dict(dataset="synthetic", synthetic_size=128, img_size=16, patch_size=4, in_chans=3, embed_dim=32,
                    depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
-                   epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu"),
+                   epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu", workers=0),
         eval=EvalConfig(batch_size=64, probe_max_iter=50, control_epochs=1), seeds=(0, 1, 2),
         title="Smoke preset (functional check)", note="Smoke preset: functional check only; the numbers mean nothing.",
         committed=False),
     "imagenet": Preset(
-        # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs.
-        train=dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,
+        # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs; train/ and val/
+        # in the folder (data.folder_split).
+        train=dict(dataset="imagefolder:data/imagenet", img_size=224, patch_size=16, in_chans=3,
                    embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
                    decoder_num_heads=16, epochs=800, batch_size=4096, accum_steps=8, blr=1.5e-4,
                    warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100, device="cuda",
@@ -486,15 +493,30 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
 }
 
 
+def dataset_fields(dataset: str) -> dict:
+    """The Config fields that training on `dataset` fixes: the dataset, its images' channels and, for
+    Fashion-MNIST (padded to 32 px), img_size 32. `make_config` lays them over the preset, under the explicit
+    overrides, so a preset trains on any dataset without also naming its channels."""
+    kind = dataset.split(":", 1)[0]
+    fields = {"dataset": dataset}
+    if kind in NORMALIZATION and kind != "synthetic":  # generated images take any channel count
+        fields["in_chans"] = dataset_channels(kind)
+    if kind == "fashion-mnist":
+        fields["img_size"] = 32
+    return fields
+
+
 def make_config(preset: str = "cpu", **overrides) -> Config:
-    """A preset with any field overridden by name; unknown names raise a ValueError listing the fields."""
+    """A preset with any field overridden by name (a `dataset` brings its `dataset_fields`); unknown names raise
+    a ValueError listing the fields."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}; "
                          f"valid fields: {', '.join(f.name for f in dataclasses.fields(Config))}")
-    return Config(**{**PRESETS[preset].train, **overrides})
+    implied = dataset_fields(overrides["dataset"]) if "dataset" in overrides else {}
+    return Config(**{**PRESETS[preset].train, **implied, **overrides})
 
 
 def field_docs(cls) -> dict[str, str]:

@@ -360,10 +360,8 @@ def finetune(model: MaskedAutoencoderViT, train: TensorDataset, test: TensorData
 
 # ------------------------------------------------------------------------------------------ whole models
 def eval_splits(config: Config, ec: EvalConfig) -> tuple[TensorDataset, TensorDataset]:
-    if config.dataset_kind == "imagefolder":
-        raise ValueError("evaluation needs a device-resident dataset with a test split (fashion-mnist, cifar10, "
-                         "cifar100, stl10, synthetic); for image folders fine-tune with your own pipeline")
-    return dataset_of(config, "train").subset(ec.train_subset), dataset_of(config, "test").subset(ec.test_subset)
+    """(training images, test images) of an evaluation, `ec.train_subset` and `ec.test_subset` of them."""
+    return dataset_of(config, "train", ec.train_subset), dataset_of(config, "test", ec.test_subset)
 
 
 def evaluate_model(model: MaskedAutoencoderViT, config: Config, ec: EvalConfig, progress: bool = False,
