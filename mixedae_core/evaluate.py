@@ -13,12 +13,12 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
-from .config import Config, EvalConfig
+from .config import Config, EvalConfig, ModelConfig
 from .data import TensorDataset, dataset_of, epoch_order, normalize, random_resized_crop_flip
 from .mixing import draw_partition, mix_tokens
 from .losses import normalize_patches, patchify, reconstruction_loss
 from .attention import per_image_cls_mask
-from .model import ENCODER_PREFIXES, MaskedAutoencoderViT, ModelConfig, build_model, timm_encoder
+from .model import ENCODER_PREFIXES, MaskedAutoencoderViT, build_model, timm_encoder
 from .objects import (OBJECT_MASK_DATASETS, VARIANTS, cluttered, map_baseline_scores, map_object_iou, object_variants,
                       score_name)
 from .train import autocast, lr_schedule, make_optimizer

@@ -59,7 +59,10 @@ def parse_value(cls, config_field: dataclasses.Field, text: str):
     if isinstance(hint, (types.UnionType, typing._UnionGenericAlias)):  # X | None, int | str | None
         kinds = [a for a in args if a is not type(None)]
         if int in kinds and str in kinds:  # a number, or a named value ('global'): the config validates the name
-            return int(text) if text.lstrip("-").isdigit() else text
+            try:
+                return int(text)
+            except ValueError:
+                return text
         hint = kinds[0]
     if hint is bool:
         if text.lower() in ("1", "true", "yes", "on"):

@@ -15,9 +15,8 @@ import re
 import sys
 from pathlib import Path
 
-from ..config import PRESETS, Config, EvalConfig
+from ..config import PRESETS, Config, EvalConfig, ModelConfig
 from ..evaluate import baseline_scores, evaluate_model, mae_twin
-from ..config import ModelConfig
 from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, load_model, read_json, run_finished,
                         write_text_atomic)
 from ..train import CODE_VERSION, available_device, train

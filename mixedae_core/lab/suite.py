@@ -13,10 +13,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import PRESETS, Config, make_config
+from ..config import METHODS, PRESETS, Config, make_config
 from ..data import dataset_of, normalize
 from ..evaluate import DEPENDENCE_LAYOUTS
-from ..config import METHODS
 from ..runfiles import load_model, read_metrics, run_finished
 from ..train import describe_device, resolve_device
 from .experiments import drawn_runs, notebook_runs
