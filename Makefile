@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PRESET ?= cpu
+DATASET ?=
 WORKERS ?= 2
 BUDGET ?=
 FASHION_MNIST_DIR ?= /usr/share/datasets/fashion-mnist
@@ -48,8 +49,11 @@ bench: $(STAMP)
 # Every run the notebooks need, WORKERS side by side (records in results/runs/$(PRESET)), then the notebooks
 # through papermill: results/{notebooks,figures,tables}/$(PRESET) and results/README.md.
 # PRESET=smoke (synthetic data, minutes), cpu (default, Fashion-MNIST), gpu (CUDA; WORKERS=6).
-reproduce: $(STAMP) $(if $(filter smoke,$(PRESET)),,data)
-	$(PY) -m mixedae_core reproduce --preset $(PRESET) --workers $(WORKERS) $(if $(BUDGET),--budget $(BUDGET))
+# DATASET=cifar10, imagefolder:PATH, ...: the same on that dataset, its results in <preset>-<dataset> folders.
+NEEDS_FASHION_MNIST := $(if $(DATASET),$(filter fashion-mnist,$(DATASET)),$(filter-out smoke,$(PRESET)))
+reproduce: $(STAMP) $(if $(NEEDS_FASHION_MNIST),data)
+	$(PY) -m mixedae_core reproduce --preset $(PRESET) --workers $(WORKERS) $(if $(BUDGET),--budget $(BUDGET)) \
+	  $(if $(DATASET),--dataset '$(DATASET)')
 
 clean-venv:
 	rm -rf $(VENV)

@@ -94,6 +94,8 @@ class HomologousAttention(Attention):
 
     def forward(self, x, attn_mask=None, is_causal=False, topk: int | None = None, return_attention: bool = False,
                 same_image: torch.Tensor | None = None, n_cls: int = 1):
+        if topk is not None and not 1 <= topk <= x.shape[1]:
+            raise ValueError(f"topk must be in [1, {x.shape[1]}] (the keys of this sequence), got {topk}")
         if topk is None and not return_attention and same_image is None:
             return super().forward(x, attn_mask=attn_mask, is_causal=is_causal)
         if (attn_mask is not None and attn_mask.dtype != torch.bool) or is_causal or self.gate is not None \

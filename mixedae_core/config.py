@@ -10,6 +10,7 @@ import dataclasses
 import inspect
 import io
 import math
+import numbers
 import tokenize
 from dataclasses import dataclass
 
@@ -83,7 +84,7 @@ def at_most(config, limits: dict, bad):
 class ModelConfig:
     """Every model switch. MAE sizes use the official MAE constructor's keyword names.
 
-    The switches in MIXEDAE_SWITCHES change MixedAE only: another method refuses any value but their default.
+    The switches in MIXEDAE_DEFAULTS change MixedAE only: another method refuses any value but their default.
     `topk`, `homologous_layers` and `seg_embed` default to None, "the method's default".
     """
     method: str = "mixedae"           # mae | naive (MAE + naive mixing) | mixedae
@@ -114,6 +115,8 @@ class ModelConfig:
     def __post_init__(self):
         if self.homologous_layers is not None:
             self.homologous_layers = tuple(int(i) for i in self.homologous_layers)
+        if isinstance(self.topk, numbers.Integral) and not isinstance(self.topk, bool):
+            self.topk = int(self.topk)  # numpy's integers too: a run key is JSON
         self.validate()
 
     @property
@@ -184,8 +187,11 @@ class ModelConfig:
 
     @property
     def homologous_loss(self) -> str | None:
-        """The form of the homologous loss this model trains with ('attention' | 'features'), None without one."""
-        return self.hc_form if self.method == "mixedae" and self.hc_weight > 0 else None
+        """The form of the homologous loss this model trains with ('attention' | 'features'), None without one
+        (the attention form lives in the homologous layers: none without them)."""
+        if self.method != "mixedae" or self.hc_weight == 0:
+            return None
+        return None if self.hc_form == "attention" and not self.resolved_homologous_layers else self.hc_form
 
     @property
     def recognition_references(self) -> dict:
@@ -202,8 +208,8 @@ class ModelConfig:
     def canonical(self):
         """A copy in which two configs that build the same model are equal: a MixedAE switch at its default
         back to None (`topk=rN`, `topk=None`: one model; 'global' as its number of keys), the loss's other
-        switches at their defaults where there is no homologous loss, and `cls_reads_itself` where no [CLS]
-        is per image."""
+        switches at their defaults where there is no homologous loss, `cls_reads_itself` where no [CLS] is per
+        image, and `cls_per_image` where nothing is mixed."""
         replace = {}
         if self.method == "mixedae":
             replace |= {"topk": None if self.resolved_topk == self.default_topk else self.resolved_topk,
@@ -216,6 +222,8 @@ class ModelConfig:
             replace |= {name: MIXEDAE_DEFAULTS[name] for name in LOSS_SWITCHES if name != "hc_weight"}
         if not self.per_image_cls:  # a ViT's [CLS], which reads every token: the switch cannot change the model
             replace |= {"cls_reads_itself": True}
+        if not self.mixes:  # one image per sequence: its [CLS] is the image's either way
+            replace |= {"cls_per_image": True}
         return dataclasses.replace(self, **replace)
 
     def without_mixing(self) -> "ModelConfig":
@@ -277,6 +285,8 @@ class ModelConfig:
         if self.num_patches % G:
             bad(f"{self.num_patches} patches cannot be split among G = {G} images; "
                 f"choose img_size/patch_size so that (img_size/patch_size)^2 is divisible by {G}")
+        if isinstance(self.topk, bool) or not isinstance(self.topk, (int, str, type(None))):
+            bad(f"topk must be a number of keys or {GLOBAL!r}, got {self.topk!r}")
         if isinstance(self.topk, str) and self.topk != GLOBAL:
             bad(f"topk must be a number of keys or {GLOBAL!r} (every key), or null for the default rN; got {self.topk!r}")
         if isinstance(self.topk, int) and not 1 <= self.topk <= self.patch_keys:
@@ -337,6 +347,11 @@ class Config(ModelConfig):
     def dataset_kind(self) -> str:
         return self.dataset.split(":", 1)[0]
 
+    @property
+    def dataset_path(self) -> str:
+        """PATH of imagefolder:PATH ('' for the other datasets)."""
+        return self.dataset.partition(":")[2].strip()
+
     def validate(self):
         super().validate()
 
@@ -347,8 +362,8 @@ class Config(ModelConfig):
         if kind not in NORMALIZATION:
             bad(f"dataset must be one of fashion-mnist, cifar10, cifar100, stl10, synthetic, imagefolder:PATH; "
                 f"got {self.dataset!r}")
-        if kind == "imagefolder" and not self.dataset.partition(":")[2].strip():
-            bad("imagefolder needs a path: --dataset imagefolder:/path/to/train")
+        if kind == "imagefolder" and not self.dataset_path:
+            bad("imagefolder needs a path: --dataset imagefolder:/path/to/images")
         if kind != "synthetic" and dataset_channels(kind) != self.in_chans:
             bad(f"{kind} images have {dataset_channels(kind)} channel(s): set in_chans={dataset_channels(kind)}")
         if kind == "fashion-mnist" and self.img_size != 32:
@@ -456,7 +471,7 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         # Fashion-MNIST's 60k training images, one epoch (468 steps), for every run of the suite: at 187 steps the
         # models ignored their input. blr 2e-3 measured against 3e-3 (model above, seed 0, one epoch): MAE kNN
         # [CLS] 73.4 / 73.1 (random init 62.4), content ratio 0.891 / 0.874; MixedAE kNN 70.6 / 61.2, TopK 0.87 /
-        # 0.93. 3e-3 wrecks MixedAE's [CLS], so 2e-3. `make reproduce` trains 20 runs (the headline's 3 seeds, one
+        # 0.93. 3e-3 wrecks MixedAE's [CLS], so 2e-3. `make reproduce` trains every run of the suite (the headline's 3 seeds, one
         # seed per ablation), 2 side by side: each trains in 3-4 min and evaluates in about 1 min on 2 cores.
         train=dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, epochs=1, batch_size=128,
                    blr=2e-3, warmup_epochs=0.1, log_every=25, device="cpu", precision="auto"),
@@ -466,16 +481,18 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
              "minutes, far from the paper's hundreds of epochs: read every verdict against the seed spread "
              "beside it; they say little about the paper's claims."),
     "smoke": Preset(
-        # Seconds on a CPU: a functional check of the whole pipeline (tests, CI).
+        # Seconds on a CPU: a functional check of the whole pipeline (tests, CI). workers=0: an image folder's
+        # few small images decode faster in the process than DataLoader workers start.
         train=dict(dataset="synthetic", synthetic_size=128, img_size=16, patch_size=4, in_chans=3, embed_dim=32,
                    depth=2, num_heads=2, decoder_embed_dim=16, decoder_depth=1, decoder_num_heads=2,
-                   epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu"),
+                   epochs=2, batch_size=16, blr=1e-3, log_every=2, device="cpu", workers=0),
         eval=EvalConfig(batch_size=64, probe_max_iter=50, control_epochs=1), seeds=(0, 1, 2),
         title="Smoke preset (functional check)", note="Smoke preset: functional check only; the numbers mean nothing.",
         committed=False),
     "imagenet": Preset(
-        # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs.
-        train=dict(dataset="imagefolder:data/imagenet/train", img_size=224, patch_size=16, in_chans=3,
+        # The paper's ImageNet-1K recipe (MAE's): ViT-B/16, effective batch 4096, 800 epochs; train/ and val/
+        # in the folder (data.folder_split).
+        train=dict(dataset="imagefolder:data/imagenet", img_size=224, patch_size=16, in_chans=3,
                    embed_dim=768, depth=12, num_heads=12, decoder_embed_dim=512, decoder_depth=8,
                    decoder_num_heads=16, epochs=800, batch_size=4096, accum_steps=8, blr=1.5e-4,
                    warmup_epochs=40, weight_decay=0.05, workers=10, log_every=100, device="cuda",
@@ -484,15 +501,30 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
 }
 
 
+def dataset_fields(dataset: str) -> dict:
+    """The Config fields that training on `dataset` fixes: the dataset, its images' channels and, for
+    Fashion-MNIST (padded to 32 px), img_size 32. `make_config` lays them over the preset, under the explicit
+    overrides, so a preset trains on any dataset without also naming its channels."""
+    kind = dataset.split(":", 1)[0]
+    fields = {"dataset": dataset}
+    if kind in NORMALIZATION and kind != "synthetic":  # generated images take any channel count
+        fields["in_chans"] = dataset_channels(kind)
+    if kind == "fashion-mnist":
+        fields["img_size"] = 32
+    return fields
+
+
 def make_config(preset: str = "cpu", **overrides) -> Config:
-    """A preset with any field overridden by name; unknown names raise a ValueError listing the fields."""
+    """A preset with any field overridden by name (a `dataset` brings its `dataset_fields`); unknown names raise
+    a ValueError listing the fields."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     unknown = set(overrides) - {f.name for f in dataclasses.fields(Config)}
     if unknown:
         raise ValueError(f"unknown config field(s) {', '.join(sorted(unknown))}; "
                          f"valid fields: {', '.join(f.name for f in dataclasses.fields(Config))}")
-    return Config(**{**PRESETS[preset].train, **overrides})
+    implied = dataset_fields(overrides["dataset"]) if "dataset" in overrides else {}
+    return Config(**{**PRESETS[preset].train, **implied, **overrides})
 
 
 def field_docs(cls) -> dict[str, str]:

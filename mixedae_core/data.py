@@ -2,14 +2,16 @@
 
 Small datasets (Fashion-MNIST, CIFAR, STL-10, generated) are held on the device as uint8 tensors and
 augmented there in one batched op (airbench style: no per-image Python on the hot path). Folders of
-images (ImageNet, Imagenette, ...) stream through DataLoader workers with torchvision transforms.
+images (ImageNet, Imagenette, ...) stream through DataLoader workers with torchvision transforms for
+training; their evaluation images are read once, at the model's size, and held like a small dataset's.
 Every random draw takes an explicit generator, so a run is a pure function of (seed, step): resumed
 and multi-process runs see exactly the batches a single uninterrupted run sees.
 """
+import functools
 import gzip
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.datasets as tvd
 import torchvision.transforms as T
-from torch.utils.data import DataLoader, DistributedSampler
+from torch.utils.data import DataLoader, DistributedSampler, Subset
 from torchvision.datasets import ImageFolder
 
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -152,10 +154,25 @@ def load_dataset(name: str, split: str, img_size: int = 32, in_chans: int = 3, d
     raise ValueError(f"unknown dataset {name!r}")
 
 
-def dataset_of(config, split: str) -> TensorDataset:
-    """The `split` of a run config's dataset (a `config.Config`), as `load_dataset` reads it."""
+def stored_dataset(config, split: str) -> TensorDataset:
+    """The `split` of a run config's device-resident dataset (a `config.Config`) at its own size: training crops
+    from these pixels."""
     return load_dataset(config.dataset_kind, split, config.img_size, config.in_chans, config.download,
                         config.synthetic_size, config.seed)
+
+
+def dataset_of(config, split: str, limit: int | None = None) -> TensorDataset:
+    """The `split` of a run config's dataset, `limit` images of it (None: all), at the model's img_size as the
+    encoder reads them whole: resized where the dataset's side differs (STL-10's 96 px on a 32 px model), an
+    image folder's as `load_image_folder` reads them."""
+    if config.dataset_kind == "imagefolder":
+        return load_image_folder(config.dataset_path, split, config.img_size, limit, config.workers)
+    data = stored_dataset(config, split).subset(limit)
+    if data.images.shape[-1] == config.img_size:
+        return data
+    images = F.interpolate(data.images.float(), size=(config.img_size, config.img_size), mode="bilinear",
+                           antialias=True, align_corners=False)
+    return replace(data, images=images.round().clamp(0, 255).to(torch.uint8))
 
 
 def dataset_channels(name: str) -> int:
@@ -216,6 +233,12 @@ def epoch_order(labels: torch.Tensor, batch_size: int, group_size: int, group_by
 
 
 # ---------------------------------------------------------------------------------- image folders
+# A folder without train/ and val/ keeps this share of each class's images out of training as its test split,
+# drawn with a fixed seed: every run of the folder trains, and is evaluated, on the same images.
+HOLDOUT_SHARE = 0.1
+HOLDOUT_SEED = 0
+
+
 class CheckedImageFolder(ImageFolder):
     """torchvision ImageFolder whose unreadable files raise a `DatasetError` naming the file."""
 
@@ -240,13 +263,77 @@ class CheckedImageFolder(ImageFolder):
             raise DatasetError(f"cannot read image {path}: {err}. Remove or replace the file.") from err
 
 
+def held_out(targets) -> torch.Tensor:
+    """Bool per image of a folder without train/ and val/, True for its test split: HOLDOUT_SHARE of each
+    class's images (at least one, never a class's only image), drawn with HOLDOUT_SEED."""
+    targets = torch.as_tensor(targets)
+    g = torch.Generator().manual_seed(HOLDOUT_SEED)
+    held = torch.zeros(len(targets), dtype=torch.bool)
+    for c in torch.unique(targets):
+        idx = torch.nonzero(targets == c).flatten()
+        n = min(max(1, round(HOLDOUT_SHARE * len(idx))), len(idx) - 1)
+        held[idx[torch.randperm(len(idx), generator=g)[:n]]] = True
+    return held
+
+
+def folder_split(path: str, split: str, transform) -> CheckedImageFolder:
+    """The `split` ('train' or 'test') of image folder PATH: PATH/train and PATH/val where PATH holds both
+    (ImageNet's layout), else PATH's class folders, their `held_out` images the test split and the rest the
+    training images."""
+    root = Path(path)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        folder = CheckedImageFolder(str(root / ("train" if split == "train" else "val")), transform)
+        if folder.classes != sorted(d.name for d in (root / "train").iterdir() if d.is_dir()):
+            raise DatasetError(f"{root / 'val'} and {root / 'train'} hold different class folders: give both the "
+                               "same ones, so that a label names one class in both")
+        return folder
+    folder = CheckedImageFolder(path, transform)
+    keep = (held_out(folder.targets) == (split == "test")).tolist()
+    folder.samples = [sample for sample, kept in zip(folder.samples, keep) if kept]
+    folder.imgs, folder.targets = folder.samples, [label for _, label in folder.samples]
+    return folder
+
+
+def read_batches(loader):
+    """The loader's batches. A DatasetError raised in a worker process arrives with the worker's traceback in
+    its message: it is raised again with the last line alone, the one that names the file."""
+    batches = iter(loader)
+    while True:
+        try:
+            yield next(batches)
+        except StopIteration:
+            return
+        except DatasetError as err:
+            raise DatasetError(str(err).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
+
+
+@functools.lru_cache(maxsize=4)  # an evaluation reads each split several times: for the model and its baselines
+def load_image_folder(path: str, split: str, img_size: int, limit: int | None = None,
+                      workers: int = 0) -> TensorDataset:
+    """The `split` of an image folder (`folder_split`) as uint8 img_size x img_size images, as MAE evaluates
+    (shorter side resized to img_size / 0.875, centre crop): `limit` of them (None: all), in an order drawn with
+    HOLDOUT_SEED, so that a limit keeps every class."""
+    size = round(img_size / 0.875)
+    transform = T.Compose([T.Resize(size, interpolation=T.InterpolationMode.BICUBIC), T.CenterCrop(img_size),
+                           T.PILToTensor()])
+    folder = folder_split(path, split, transform)
+    if not len(folder):
+        raise DatasetError(f"image folder {path} has no {split} images: a class holds one image out for testing "
+                           "only when it has two or more")
+    order = torch.randperm(len(folder), generator=torch.Generator().manual_seed(HOLDOUT_SEED))[:limit].tolist()
+    batches = list(read_batches(DataLoader(Subset(folder, order), batch_size=256, num_workers=workers)))
+    return TensorDataset(torch.cat([images for images, _ in batches]), torch.cat([labels for _, labels in batches]),
+                         "imagefolder", len(folder.classes))
+
+
 def imagefolder_loader(path: str, img_size: int, batch_size: int, workers: int, seed: int,
                        rank: int = 0, world: int = 1):
-    """DataLoader over an ImageFolder with MAE's augmentation; one DistributedSampler shard per process."""
+    """DataLoader over the training images of an image folder (`folder_split`) with MAE's augmentation; one
+    DistributedSampler shard per process."""
     mean, std = NORMALIZATION["imagefolder"]
     transform = T.Compose([T.RandomResizedCrop(img_size, scale=(0.2, 1.0), interpolation=T.InterpolationMode.BICUBIC),
                            T.RandomHorizontalFlip(), T.ToTensor(), T.Normalize(mean, std)])
-    ds = CheckedImageFolder(path, transform)
+    ds = folder_split(path, "train", transform)
     sampler = DistributedSampler(ds, num_replicas=world, rank=rank, shuffle=True, seed=seed, drop_last=True)
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
                       pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0)
@@ -268,7 +355,7 @@ class DeviceBatches:
 
     def __init__(self, config, device, rank: int, world: int):
         self.config, self.device, self.rank, self.world = config, device, rank, world
-        data = dataset_of(config, "train")
+        data = stored_dataset(config, "train")
         self.data = data.subset(config.train_subset).to(device)
         self.name = data.name
         self._order_epoch, self._order = None, None
@@ -307,33 +394,25 @@ class FolderBatches:
     def __init__(self, config, device, rank: int, world: int):
         self.config, self.device, self.rank = config, device, rank
         m = config.batch_size // (config.accum_steps * world)
-        self.loader = imagefolder_loader(config.dataset.split(":", 1)[1], config.img_size, m, config.workers,
-                                         config.seed, rank, world)
+        self.loader = imagefolder_loader(config.dataset_path, config.img_size, m, config.workers, config.seed,
+                                         rank, world)
         self.steps_per_epoch = len(self.loader) // config.accum_steps
         if self.steps_per_epoch == 0:
-            raise DatasetError(f"image folder {self.loader.dataset.root} holds {len(self.loader.dataset)} images, "
-                               f"fewer than one batch of {config.batch_size}: lower --batch_size or add images")
+            raise DatasetError(f"image folder {self.loader.dataset.root} holds {len(self.loader.dataset)} training "
+                               f"images, fewer than one batch of {config.batch_size}: lower --batch_size or add images")
         self._epoch, self._iter = None, None
-
-    def _next(self):
-        try:
-            return next(self._iter)
-        except DatasetError as err:
-            # from a worker process the error arrives with the worker's traceback in its message: keep the
-            # last line, the one that names the file
-            raise DatasetError(str(err).strip().splitlines()[-1].split("DatasetError: ", 1)[-1]) from None
 
     def micro_batches(self, step: int):
         c = self.config
         epoch, i = divmod(step, self.steps_per_epoch)
         if epoch != self._epoch:  # after a resume mid-epoch, skip the batches already seen
             self.loader.sampler.set_epoch(epoch)
-            self._iter, self._epoch = iter(self.loader), epoch
+            self._iter, self._epoch = read_batches(self.loader), epoch
             for _ in range(i * c.accum_steps):
-                self._next()
+                next(self._iter)
         g = step_generator(c.seed, 3, step * 1000 + self.rank, self.device)
         out = []
         for _ in range(c.accum_steps):
-            images = self._next()[0].to(self.device, non_blocking=True)
+            images = next(self._iter)[0].to(self.device, non_blocking=True)
             out.append((images, torch.rand(len(images) // c.group_size, c.num_patches, generator=g, device=self.device)))
         return out

@@ -13,12 +13,12 @@ from timm.layers import resample_abs_pos_embed
 from timm.models.vision_transformer import VisionTransformer
 from tqdm.auto import tqdm
 
-from .config import Config, EvalConfig
+from .config import Config, EvalConfig, ModelConfig
 from .data import TensorDataset, dataset_of, epoch_order, normalize, random_resized_crop_flip
 from .mixing import draw_partition, mix_tokens
 from .losses import normalize_patches, patchify, reconstruction_loss
 from .attention import per_image_cls_mask
-from .model import ENCODER_PREFIXES, MaskedAutoencoderViT, ModelConfig, build_model, timm_encoder
+from .model import ENCODER_PREFIXES, MaskedAutoencoderViT, build_model, timm_encoder
 from .objects import (OBJECT_MASK_DATASETS, VARIANTS, cluttered, map_baseline_scores, map_object_iou, object_variants,
                       score_name)
 from .train import autocast, lr_schedule, make_optimizer
@@ -360,10 +360,8 @@ def finetune(model: MaskedAutoencoderViT, train: TensorDataset, test: TensorData
 
 # ------------------------------------------------------------------------------------------ whole models
 def eval_splits(config: Config, ec: EvalConfig) -> tuple[TensorDataset, TensorDataset]:
-    if config.dataset_kind == "imagefolder":
-        raise ValueError("evaluation needs a device-resident dataset with a test split (fashion-mnist, cifar10, "
-                         "cifar100, stl10, synthetic); for image folders fine-tune with your own pipeline")
-    return dataset_of(config, "train").subset(ec.train_subset), dataset_of(config, "test").subset(ec.test_subset)
+    """(training images, test images) of an evaluation, `ec.train_subset` and `ec.test_subset` of them."""
+    return dataset_of(config, "train", ec.train_subset), dataset_of(config, "test", ec.test_subset)
 
 
 def evaluate_model(model: MaskedAutoencoderViT, config: Config, ec: EvalConfig, progress: bool = False,

@@ -19,7 +19,7 @@ from timm.layers import PatchEmbed
 from timm.models.vision_transformer import Block, VisionTransformer
 
 from .attention import HomologousBlock, per_image_cls_mask, topk_accuracy
-from .config import METHODS, ModelConfig  # noqa: F401  (METHODS: the model family, re-exported)
+from .config import ModelConfig
 from .losses import homologous_contrastive_loss, normalize_patches, patchify, reconstruction_loss
 from .mixing import draw_partition, mix_tokens
 
@@ -66,6 +66,8 @@ class MaskedAutoencoderViT(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
+        if config.mixes != isinstance(self, MixedAutoencoderViT):  # each method has its class: build_model picks it
+            raise ValueError(f"method={config.method!r} is built by build_model(config), not {type(self).__name__}")
         c = self.config = config
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
         self.patch_embed = PatchEmbed(c.img_size, c.patch_size, c.in_chans, c.embed_dim)

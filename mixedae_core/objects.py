@@ -146,6 +146,22 @@ def object_variants(images_uint8: torch.Tensor, patch_size: int) -> dict[str, tu
             "cluttered": (clutter, patch_mask(masks, patch_size))}
 
 
+def has_object_masks(dataset: str) -> bool:
+    """Whether the images of `dataset` (a Config's) come with object masks to score attention maps against."""
+    return dataset.split(":", 1)[0] in OBJECT_MASK_DATASETS
+
+
+def drawn_variant(images_uint8: torch.Tensor, patch_size: int, dataset: str) -> tuple[str, torch.Tensor, dict]:
+    """(caption, images, reference maps) of the images attention maps are drawn on: the `cluttered` variant beside
+    its exact object mask and its intensity map (what brightness alone finds) where `dataset` has object masks;
+    else the images as they come, with no reference map."""
+    if not has_object_masks(dataset):
+        return "test images (no object masks in this data)", images_uint8, {}
+    images, objects = object_variants(images_uint8, patch_size)["cluttered"]
+    return "cluttered test images", images, {"object (exact mask)": objects.float(),
+                                             "intensity": prior_maps(images, objects, patch_size)["intensity"]}
+
+
 def score_name(variant: str) -> str:
     """The record's score of a variant: object_iou, object_iou_translated, object_iou_cluttered."""
     return "object_iou" if variant == "centred" else f"object_iou_{variant}"

@@ -50,7 +50,10 @@ BAD = [  # (command, arguments, what the one sentence names)
     *[(c, ["--img_size", "4096", "--patch_size", "4"], "at most 4096") for c in ("pretrain", "record")],
     *[(c, ["--synthetic_size", "10000000000"], "synthetic_size must be <= 1,000,000") for c in ("pretrain", "record")],
     *[(c, ["--precision", "fp16"], "precision must be one of") for c in ("pretrain", "record")],
-    *[(c, ["--dataset", "imagefolder:"], "imagefolder needs a path") for c in ("pretrain", "record")],
+    *[(c, ["--dataset", "imagefolder:"], "imagefolder needs a path") for c in ("pretrain", "record", *SUITE_COMMANDS)],
+    *[(c, ["--dataset", "mnist"], "dataset must be one of") for c in SUITE_COMMANDS],
+    *[(c, ["--dataset", "imagefolder:/nonexistent/pets"], "image folder /nonexistent/pets does not exist")
+      for c in ("record", *SUITE_COMMANDS)],
     *[(c, ["--budget", b], "must be a positive number of seconds") for c in SUITE_COMMANDS for b in ("-5", "0", "nan")],
     *[(c, ["--workers", "0"], "must be an integer from 1 to 256") for c in SUITE_COMMANDS],
     *[(c, ["--device", "foo"], "device must be auto, cpu, cuda or cuda:N") for c in ("pretrain", "record", *SUITE_COMMANDS)],
@@ -85,12 +88,6 @@ def test_help_of_the_suite_commands_promises_no_field_options(command, capsys):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "defaults are the" not in text and "--preset" in text
-
-
-def test_record_refuses_an_image_folder_before_training(tmp_path, capsys):
-    err = refused(["record", "--preset", "smoke", "--out", str(tmp_path / "out"), "--dataset",
-                   f"imagefolder:{tmp_path}", "--in_chans", "3"], capsys)
-    assert "image folder" in err and "test split" in err and not (tmp_path / "out").exists()
 
 
 # ------------------------------------------------------------------------------ image folders
@@ -218,8 +215,8 @@ def test_a_refused_suite_command_leaves_no_folders(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_the_smoke_preset_has_no_section_in_the_committed_readme(tmp_path):
-    for preset in ("smoke", "cpu"):
+def test_the_smoke_preset_and_other_datasets_have_no_section_in_the_committed_readme(tmp_path):
+    for preset in ("smoke", "cpu", "cpu-cifar10"):
         (tmp_path / "tables" / preset).mkdir(parents=True)
         (tmp_path / "tables" / preset / "claims_01.csv").write_text(
             "# notebook: 01\nclaim,measured,seeds,p_value,p_adjusted,reference,verdict\nc,1,3,0.5,0.5,,not significant\n")
@@ -228,7 +225,7 @@ def test_the_smoke_preset_has_no_section_in_the_committed_readme(tmp_path):
     write_readme(tmp_path)
     readme = (tmp_path / "README.md").read_text()
     assert "CPU preset" in readme and "| notebook | claim |" in readme and "figures/cpu/01_transfer.png" in readme
-    assert "Smoke preset" not in readme and "figures/smoke" not in readme
+    assert "Smoke preset" not in readme and "figures/smoke" not in readme and "cpu-cifar10" not in readme
 
 
 def test_ctrl_c_stops_a_campaign_without_a_traceback_and_logs_it(tmp_path):

@@ -23,7 +23,8 @@ from PIL import Image
 from torchvision.datasets.utils import check_integrity
 
 from mixedae_core.config import make_config
-from mixedae_core.data import CheckedImageFolder, DatasetError, load_dataset, training_batches
+from mixedae_core.data import (CheckedImageFolder, DatasetError, dataset_of, load_dataset, stored_dataset,
+                               training_batches)
 from mixedae_core.train import train
 
 CPU = torch.device("cpu")
@@ -152,6 +153,15 @@ def test_release_files_train_one_step(name, tmp_path, monkeypatch, without_md5):
     train_one_step(tmp_path / "run", dataset=name, img_size=size, patch_size=size // 4)
 
 
+def test_stl10_is_evaluated_at_the_models_size_and_trains_from_its_own_pixels(tmp_path, monkeypatch, without_md5):
+    written = write_release(tmp_path, "stl10")
+    monkeypatch.setenv("MIXEDAE_DATA", str(tmp_path))
+    config = make_config("smoke", dataset="stl10")  # a 16 px model on 96 px images
+    test = dataset_of(config, "test")
+    assert test.images.shape == (len(written["test"][1]), 3, 16, 16) and test.images.dtype == torch.uint8
+    assert stored_dataset(config, "train").images.shape[-1] == 96
+
+
 # ------------------------------------------------------------------------------------ image folders
 def odd_images(seed):
     """(file name, PIL image) of one class: odd sizes, both formats, every common mode a loader meets."""
@@ -209,6 +219,7 @@ def test_image_folder_reads_every_mode_as_three_channels_labelled_by_folder(tmp_
 
 
 def test_image_folder_trains_one_step(tmp_path):
-    folder = tmp_path / "train"
-    write_image_folder(folder)
+    folder = tmp_path / "images"  # ImageNet's layout: train/ trains, every one of its 16 images
+    for split in ("train", "val"):
+        write_image_folder(folder / split)
     train_one_step(tmp_path / "run", dataset=f"imagefolder:{folder}", img_size=32, patch_size=8, workers=0)

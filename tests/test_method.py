@@ -2,13 +2,15 @@
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
 import torch.nn.functional as F
 from timm.models.vision_transformer import Attention
 
-from mixedae_core import MaskedAutoencoderViT, ModelConfig, build_model, encoder_state_dict, timm_encoder
+from mixedae_core import (MaskedAutoencoderViT, MixedAutoencoderViT, ModelConfig, build_model, encoder_state_dict,
+                          timm_encoder)
 from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
 from mixedae_core.attention import HomologousAttention, TopKAttention, per_image_cls_mask, topk_accuracy
@@ -545,6 +547,28 @@ def test_global_attention_is_named_and_is_the_k_that_keeps_every_key():
     torch.manual_seed(0)
     b = build_model(every_key)(x, noise=noise)
     assert torch.equal(a.pred, b.pred) and torch.equal(a.loss, b.loss)
+
+
+def test_topk_names_one_k_whatever_its_type_and_the_shared_cls_counts_as_a_key():
+    shared = tiny("mixedae", topk="global", cls_per_image=False)
+    assert shared.attention_topk is None and shared.canonical().topk == 17  # 16 patches + the shared [CLS]
+    assert tiny("mixedae", topk=np.int64(5)).canonical() == tiny("mixedae", topk=5).canonical()
+    for bad in (True, 2.5, np.int64(0), np.int64(17)):
+        with pytest.raises(ValueError, match="topk"):
+            tiny("mixedae", topk=bad)
+
+
+def test_each_method_is_built_by_its_own_class():
+    with pytest.raises(ValueError, match="build_model"):
+        MaskedAutoencoderViT(tiny("mixedae"))
+    with pytest.raises(ValueError, match="build_model"):
+        MixedAutoencoderViT(tiny("mae"))
+
+
+def test_no_homologous_layer_means_no_attention_form_loss():
+    model = build_model(tiny("mixedae", homologous_layers=()))
+    out = model(images(8))
+    assert model.config.homologous_loss is None and out.loss_hc == 0 and torch.equal(out.loss, out.loss_rec)
 
 
 def test_without_homologous_loss_neither_form_builds_or_computes_one():

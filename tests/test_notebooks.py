@@ -11,7 +11,7 @@ from mixedae_core.config import PRESETS, make_config
 from mixedae_core.lab.campaign import campaign_plan, run_campaign
 from mixedae_core.lab.claims import (AT_FLOOR, adjusted, against_spread, claim, headline, holm, mean_std, paired_test,
                                      per_seed, verdict)
-from mixedae_core.lab.experiments import EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
+from mixedae_core.lab.experiments import ABLATIONS, EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
 from mixedae_core.lab.notebook import NOTEBOOK_DIR, conclusion
 from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
 from mixedae_core.lab.suite import Suite, final_losses
@@ -88,6 +88,8 @@ def test_planned_runs_cover_every_method_seed_and_the_ablations():
     suite = Suite("smoke", [0], progress=False)
     assert suite.record_path(method="mixedae", seed=0, topk=config.resolved_topk) == \
         suite.record_path(method="mixedae", seed=0)
+    for ablation in ABLATIONS.values():  # the paper's remaining ablations, first seed only
+        assert [o["seed"] for o in plan if o == {"method": "mixedae", **ablation, "seed": o["seed"]}] == [0]
     full = [o for o in plan if o.get("mix_mode") == "full"]
     # smoke: 128 images / batch 16 = 8 steps per epoch, 2 epochs; equal compute = 16 / G steps
     assert [o.get("max_steps") for o in full] == [None, 16 // 4]

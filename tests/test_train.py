@@ -91,7 +91,7 @@ def test_cli_smoke_run_leaves_checkpoint_metrics_config(tmp_path):
     (["--topk", "every"], "topk must be a number of keys or 'global'"),
     (["--batch_size", "18", "--method", "naive"], "batch_size 18 must be divisible"),
     (["--preset", "laptop"], "invalid choice: 'laptop'"),
-    (["--dataset", "fashion-mnist"], "set in_chans=1"),
+    (["--dataset", "fashion-mnist", "--in_chans", "3"], "set in_chans=1"),  # a dataset's own fields yield to options
     (["--dataset", "cifar10"], "cifar10 not found"),  # not on disk, and no --download
     (["--dataset", "imagefolder:/nonexistent/train"], "image folder /nonexistent/train does not exist"),
     (["--train_subset", "-5"], "train_subset must be >= 1, got -5"),
@@ -397,11 +397,12 @@ def image_folder(root):
 
 
 def test_image_folder_run(tmp_path):
-    """The DataLoader path (ImageNet-style folders) trains and checkpoints like the device-resident one."""
+    """The DataLoader path (ImageNet-style folders) trains and checkpoints like the device-resident one, on the
+    images the folder's test split leaves (one of each class's 8)."""
     config = make_config("smoke", method="naive", dataset=f"imagefolder:{image_folder(tmp_path / 'train')}",
-                         workers=0, epochs=2, batch_size=8)
+                         workers=0, epochs=2, batch_size=4)
     summary = train(config, tmp_path / "run", progress=False)
-    assert summary["steps"] == 4 and math.isfinite(summary["final"]["loss"])
+    assert summary["steps"] == 2 * (14 // 4) and math.isfinite(summary["final"]["loss"])
 
 
 def test_image_folder_smaller_than_a_batch_or_with_a_corrupt_image_is_one_sentence(tmp_path, capsys):
@@ -410,7 +411,8 @@ def test_image_folder_smaller_than_a_batch_or_with_a_corrupt_image_is_one_senten
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--batch_size", "32", "--workers", "0", "--out", str(tmp_path / "small")])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and f"image folder {folder} holds 16 images, fewer than one batch of 32" in err
+    assert exit_info.value.code == 2
+    assert f"image folder {folder} holds 14 training images, fewer than one batch of 32" in err
     assert not (tmp_path / "small").exists()
     (folder / "a" / "3.png").write_bytes(b"not a png")
     with pytest.raises(SystemExit) as exit_info:
@@ -436,6 +438,8 @@ def test_a_switch_at_its_default_value_names_the_same_run():
         run_key(make_config("smoke", method="mixedae", topk=N), CODE_VERSION)
     assert run_key(make_config("smoke", method="mixedae", hc_weight=0.0, hc_form="features"), CODE_VERSION) == \
         run_key(make_config("smoke", method="mixedae", hc_weight=0.0), CODE_VERSION)
+    assert run_key(make_config("smoke", method="mae", cls_per_image=False), CODE_VERSION) == \
+        run_key(make_config("smoke", method="mae"), CODE_VERSION)  # one image per sequence: nothing to share
 
 
 @pytest.mark.parametrize("command,cls", [("pretrain", Config), ("evaluate", None)])

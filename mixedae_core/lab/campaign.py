@@ -1,10 +1,11 @@
 """The runs a preset's notebooks need (experiments.py), trained side by side before the notebooks execute.
 
-    python -m mixedae_core campaign --preset gpu --workers 6 --budget 390
+    python -m mixedae_core campaign --preset gpu --workers 6 --budget 390 [--dataset cifar10]
 
 Each pending run is trained in its own process, `workers` at a time on one device: a small model leaves a
 big GPU idle between kernel launches, and several processes fill those gaps. A finished run is evaluated
-and recorded in results/runs/<preset>/ (runs.py), so a committed record is never trained again.
+and recorded in results/runs/<preset>/ (results/runs/<preset>-<dataset>/ on another dataset than the
+preset's, runs.py), so a committed record is never trained again.
 When the budget runs out the running processes get SIGTERM: they checkpoint and stop, and the next
 campaign on that machine resumes them; runs not yet started wait for the next campaign.
 """
@@ -24,22 +25,20 @@ from tqdm.auto import tqdm
 
 from ..runfiles import CHECKPOINT, run_finished
 from .experiments import drawn_runs, planned_runs
-from .runs import check_recordable, run_dir_for, runs_root
+from .runs import run_dir_for, runs_root
 from .suite import Suite
 
 
 def campaign_plan(suite: Suite) -> list[dict]:
     """Every run the preset's notebooks read, each once, headline first."""
-    mixedae = suite.config(method="mixedae")
-    check_recordable(mixedae)
-    return planned_runs(mixedae, suite.seeds, lambda run: suite.record_path(**run).name)
+    return planned_runs(suite.config(method="mixedae"), suite.seeds, lambda run: suite.record_path(**run).name)
 
 
 def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start_by):
+def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, results, start_by):
     """One process of the campaign: records runs from `tasks` until none is left or `start_by` (a time
     all workers share) has passed. Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in
     training at a checkpoint (train() handles it there), lets an evaluation finish, and stops anything
@@ -53,7 +52,8 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, tasks, results, start
 
     signal.signal(signal.SIGTERM, on_sigterm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the campaign, which stops the workers (SIGTERM)
-    suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
+    suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, dataset=dataset,
+                  progress=False)
     logs = Path(runs_root_dir or runs_root()) / "logs"
     while True:
         overrides = tasks.get()
@@ -98,8 +98,8 @@ class _Workers:
         for _ in range(min(workers, len(pending))):
             self.tasks.put(None)
             self.procs.append(self.ctx.Process(target=_worker, args=(
-                suite.preset, suite.seeds, str(suite.out), runs_root_dir, device, self.tasks, self.results,
-                self.start_by)))
+                suite.preset, suite.seeds, str(suite.out), runs_root_dir, device, suite.dataset, self.tasks,
+                self.results, self.start_by)))
             self.procs[-1].start()
         if old_threads is None:
             del os.environ["OMP_NUM_THREADS"]
@@ -154,16 +154,18 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
 
 def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None, device: str = "auto",
                  workers: int = 1, budget_s: float | None = None, min_start_s: float = 30.0,
-                 progress: bool = True, plan: list[dict] | None = None, grace_s: float = 120.0) -> dict:
-    """Train and record every pending run of `plan` (default: `campaign_plan`), `workers` processes at a
-    time. With `budget_s`, a run starts only while it can be expected to finish (the longest run so far,
-    or `min_start_s` before any finished); at the deadline the workers get SIGTERM: runs in training
-    checkpoint and stop, evaluations get `grace_s` seconds to finish. Returns (and appends to
-    tables/<preset>/campaign_log.json) what was trained, evaluated, stopped, failed and left."""
+                 progress: bool = True, plan: list[dict] | None = None, grace_s: float = 120.0,
+                 dataset: str | None = None) -> dict:
+    """Train and record every pending run of `plan` (default: `campaign_plan`) on `dataset` (None: the
+    preset's), `workers` processes at a time. With `budget_s`, a run starts only while it can be expected to
+    finish (the longest run so far, or `min_start_s` before any finished); at the deadline the workers get
+    SIGTERM: runs in training checkpoint and stop, evaluations get `grace_s` seconds to finish. Returns (and
+    appends to tables/<suite name>/campaign_log.json) what was trained, evaluated, stopped, failed and left."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     t_start = time.time()
-    suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, progress=False)
+    suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, dataset=dataset,
+                  progress=False)
     plan = campaign_plan(suite) if plan is None else plan
     drawn = drawn_runs(None, suite.seeds)
 
@@ -173,7 +175,7 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
     pending = [o for o in plan if needs_work(o)]
     logs = Path(runs_root_dir or runs_root()) / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    print(f"campaign {preset}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "
+    print(f"campaign {suite.name}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "
           f"{suite.records}, {len(pending)} to train, {min(workers, len(pending))} at a time", flush=True)
     deadline = None if budget_s is None else t_start + budget_s
     outcome = {"trained": [], "resumed": [], "evaluated": [], "failed": [], "stopped": []}
@@ -181,7 +183,7 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
                     float("inf") if deadline is None else deadline - min_start_s)
     main_thread = threading.current_thread() is threading.main_thread()
     old_handler = signal.signal(signal.SIGTERM, pool.terminate) if main_thread else None  # `kill` stops the workers too
-    bar = tqdm(total=len(pending), unit="run", desc=f"campaign {preset}", disable=not progress)
+    bar = tqdm(total=len(pending), unit="run", desc=f"campaign {suite.name}", disable=not progress)
     interrupted = True
     try:
         _collect(pool, outcome, deadline, grace_s, logs, bar)
@@ -199,20 +201,19 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
 
 def _log_campaign(suite: Suite, plan, pending, outcome, needs_work, workers, budget_s, t_start,
                   interrupted: bool) -> dict:
-    """The campaign's result, appended to tables/<preset>/campaign_log.json when it had work (an interrupted
+    """The campaign's result, appended to tables/<suite name>/campaign_log.json when it had work (an interrupted
     campaign too: its runs and time count), and its closing line."""
-    preset = suite.preset
     left = [o for o in pending if needs_work(o)]
-    result = {"preset": preset, "planned": len(plan), "recorded_before": len(plan) - len(pending), **outcome,
+    result = {"preset": suite.preset, "planned": len(plan), "recorded_before": len(plan) - len(pending), **outcome,
               "left": left, "complete": not left and all(suite.has_record(**o) for o in plan), "workers": workers,
               "budget_s": budget_s, "interrupted": interrupted, "wall_seconds": round(time.time() - t_start, 1),
               "provenance": suite.provenance()}
-    path = suite.out / "tables" / preset / "campaign_log.json"  # one entry per campaign that ran, newest last
+    path = suite.out / "tables" / suite.name / "campaign_log.json"  # one entry per campaign that ran, newest last
     if pending:
         history = json.loads(path.read_text()) if path.exists() else []
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(history + [result], indent=1, default=str))
-    print(f"campaign {preset}{' (interrupted)' if interrupted else ''}: {len(outcome['trained'])} trained, "
+    print(f"campaign {suite.name}{' (interrupted)' if interrupted else ''}: {len(outcome['trained'])} trained, "
           f"{len(outcome['resumed'])} resumed, {len(outcome['evaluated'])} evaluated only, "
           f"{len(outcome['failed'])} failed, {len(outcome['stopped'])} stopped at the budget, {len(left)} left for "
           f"the next campaign, in {result['wall_seconds']:.0f} s; log {path}", flush=True)

@@ -5,10 +5,11 @@
     python -m mixedae_core record --preset gpu --method mixedae --seed 1   (train, evaluate, record in results/runs/)
     python -m mixedae_core campaign --preset gpu --workers 6 --budget 390  (every run the notebooks need)
     python -m mixedae_core reproduce --preset gpu --workers 6              (campaign, then the notebooks)
+    python -m mixedae_core reproduce --preset gpu --dataset cifar10        (the same on another dataset)
 
 Every Config (pretrain, record) or EvalConfig (evaluate) field is an option under its own name; `--help`
 shows each with the comment that documents the field and its default. torchrun works as it is:
-`torchrun --nproc_per_node 8 -m mixedae_core pretrain --preset imagenet --dataset imagefolder:/data/train`.
+`torchrun --nproc_per_node 8 -m mixedae_core pretrain --preset imagenet --dataset imagefolder:/data/imagenet`.
 
 Exit codes; every refusal is one paragraph on stderr that names the option or file and the fix, never a traceback:
     0  done
@@ -40,7 +41,7 @@ from .campaign import run_campaign
 from .experiments import NOTEBOOKS
 from .provenance import stamp
 from .reproduce import CampaignIncomplete, run_notebooks
-from .runs import check_recordable, ensure_run, evaluate_run, runs_root
+from .runs import ensure_run, evaluate_run, runs_root
 from .suite import Suite
 
 DEFAULT_PRESET = "cpu"
@@ -58,7 +59,10 @@ def parse_value(cls, config_field: dataclasses.Field, text: str):
     if isinstance(hint, (types.UnionType, typing._UnionGenericAlias)):  # X | None, int | str | None
         kinds = [a for a in args if a is not type(None)]
         if int in kinds and str in kinds:  # a number, or a named value ('global'): the config validates the name
-            return int(text) if text.lstrip("-").isdigit() else text
+            try:
+                return int(text)
+            except ValueError:
+                return text
         hint = kinds[0]
     if hint is bool:
         if text.lower() in ("1", "true", "yes", "on"):
@@ -203,13 +207,12 @@ def record(argv):
     overrides = field_overrides(parser, args, Config)
     try:
         config = make_config(args.preset, **overrides)
-        check_recordable(config)
     except ValueError as err:
         parser.error(str(err))
     check_device(parser, config.device)
     check_folder(parser, args.out, "--out")
     suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out,
-                  notebook="record", progress=not args.no_progress)
+                  notebook="record", dataset=overrides.pop("dataset", None), progress=not args.no_progress)
     try:
         print(suite.record(**overrides))
     except (DatasetError, CheckpointError, RunFileError) as err:
@@ -238,6 +241,9 @@ def suite_options(parser):
     preset_option(parser, fields=False)
     parser.add_argument("--out", default="results", help="results folder (default: results)")
     parser.add_argument("--device", default="auto", help="auto (the preset's device), cpu or cuda (default: auto)")
+    parser.add_argument("--dataset", default=None, help="fashion-mnist, cifar10, cifar100, stl10, synthetic or "
+                        "imagefolder:PATH, its records, tables, figures and notebooks apart from the preset's "
+                        "(default: the preset's)")
     parser.add_argument("--workers", type=worker_count, default=1, help="runs trained side by side, processes (default: 1)")
     parser.add_argument("--budget", type=positive_seconds, default=None,
                         help="seconds; stop starting runs, then stop them (default: none)")
@@ -247,7 +253,8 @@ def suite_options(parser):
 def check_suite_options(parser, args):
     """What campaign and reproduce refuse before anything is written."""
     try:
-        check_recordable(make_config(args.preset, **({} if args.device == "auto" else {"device": args.device})))
+        make_config(args.preset, **({} if args.device == "auto" else {"device": args.device}),
+                    **({} if args.dataset is None else {"dataset": args.dataset}))
     except ValueError as err:
         parser.error(str(err))
     if args.device != "auto":  # auto: the preset's device, which a machine reading that preset's records may lack
@@ -263,7 +270,7 @@ def campaign(argv):
     check_suite_options(parser, args)
     try:
         result = run_campaign(args.preset, None, args.out, device=args.device, workers=args.workers,
-                              budget_s=args.budget, progress=not args.no_progress)
+                              budget_s=args.budget, progress=not args.no_progress, dataset=args.dataset)
     except (ValueError, DatasetError) as err:
         fail(err)
     if result["failed"]:
@@ -282,7 +289,7 @@ def reproduce(argv):
     check_suite_options(parser, args)
     try:
         run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
-                      workers=args.workers, budget_s=args.budget, progress=not args.no_progress)
+                      workers=args.workers, budget_s=args.budget, progress=not args.no_progress, dataset=args.dataset)
     except (ValueError, DatasetError) as err:
         fail(err)
     except CampaignIncomplete as err:

@@ -158,8 +158,42 @@ def step_cost(results: Path) -> str:
     return "\n".join(lines)
 
 
+# An epoch of CIFAR-10's training images: the unit `dataset_costs` prices a training step in (an ImageNet subset of
+# n images takes n / 50,000 times as long). bench.csv's models by the preset that trains them.
+EPOCH_IMAGES = 50_000
+BENCH_MODELS = {"gpu preset model": "`gpu` preset, 32 px", "cpu preset model": "`cpu` preset, 32 px",
+                "ViT-B/16 224 px": "`imagenet` preset's ViT-B/16, 224 px"}
+
+
+def duration(seconds: float) -> str:
+    return f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def dataset_costs(results: Path) -> str:
+    """README, "Your own data": the time per 50,000 training images and peak memory of each method's step, per
+    benchmarked model and device, in the precision the preset trains in there (bench.csv's `preset_path` rows)."""
+    bench = pd.read_csv(results / "tables" / "bench.csv")
+    trained = bench[bench["preset_path"].astype(bool)]
+    rows = ["| device, precision (commit) | model | batch | " + " | ".join(METHODS.values()) + " | memory |",
+            "|---|---|---|" + "---|" * len(METHODS) + "---|"]
+    for (device, model), r in trained.groupby(["device", "benchmark"], sort=False):
+        r = r.set_index("variant")
+        cells = [duration(EPOCH_IMAGES / r.loc[m, "img_per_s"]) + (
+            "" if pd.isna(r.loc[m, "peak_memory_mib"]) else f", {r.loc[m, 'peak_memory_mib']:.0f} MiB")
+            if m in r.index else "–" for m in METHODS]
+        memory = r["memory_kind"].dropna()
+        rows.append(f"| {device}, {r['dtype'].iloc[0]} ({r['commit'].iloc[0]}) | {BENCH_MODELS.get(model, model)} "
+                    f"| {r['batch'].iloc[0]} | " + " | ".join(cells) + f" | {memory.iloc[0] if len(memory) else '–'} |")
+    gpu = "" if (trained["benchmark"] == "gpu preset model").any() else (
+        " No row of the `gpu` preset's model yet: it has not been benchmarked on a GPU. `make bench` on your GPU "
+        "adds its rows (and ViT-B/16's) to the table, and `make reproduce` rewrites this block from them.")
+    return (f"From {link('results/tables/bench.csv')} (`make bench`): one device's training step, data on the "
+            f"device, at the batch shown: the time per {EPOCH_IMAGES:,} training images (one CIFAR-10 epoch) and "
+            f"the peak memory.{gpu}\n\n" + "\n".join(rows))
+
+
 BLOCKS = {"headline": headline, "reproduce-time": reproduce_time,
-          "recognition-designs": recognition_designs, "step-cost": step_cost}
+          "recognition-designs": recognition_designs, "step-cost": step_cost, "dataset-costs": dataset_costs}
 
 
 # ------------------------------------------------------------------------------------------ documents

@@ -320,16 +320,9 @@ def _grouping_per_model_and_seed(grouping: pd.DataFrame) -> tuple[pd.DataFrame, 
 def object_claims(rows: pd.DataFrame, reference: pd.DataFrame, grouping: pd.DataFrame,
                   chance: float) -> tuple[list[dict], str]:
     """(the claims, the line on the measure's check): object IoU on cluttered images, without a verdict while
-    the measure fails its check, and grouping by content on mixed inputs."""
-    cluttered = reference["object_iou_cluttered"]
-    checks = measure_checks(reference)
-    validated, check = measure_check(cluttered, TRIVIAL_BASELINES, checks)
-    ref = ", ".join(f"{name} {100 * v:.1f}" for name, v in cluttered[TRIVIAL_BASELINES + checks].items())
-    claims = [claim(f"Homologous recognition makes pre-training object-aware: object IoU MixedAE > {label} (cluttered)",
-                    per_seed(rows, "object_iou_cluttered", method="mixedae"),
-                    per_seed(rows, "object_iou_cluttered", method=m), +1, "MixedAE", label, unit="IoU points",
-                    reference=ref) for m, label in (("mae", "MAE"), ("naive", "naive"))]
-    claims = claims if validated else [unvalidated(c, "the object-awareness measure failed its check") for c in claims]
+    the measure fails its check or the data has no object masks, and grouping by content on mixed inputs."""
+    claims, check = object_iou_claims(rows, reference) if rows["object_iou_cluttered"].notna().any() \
+        else unmeasured_object_claims()
     means, controls = _grouping_per_model_and_seed(grouping)
     claims.append(claim("Homologous recognition teaches grouping by content: own-image attention on mixed inputs, mean "
                         "over blocks, MixedAE > MAE (no segment embedding, global attention)",
@@ -339,14 +332,42 @@ def object_claims(rows: pd.DataFrame, reference: pd.DataFrame, grouping: pd.Data
     return claims, check
 
 
+OBJECT_CLAIM = "Homologous recognition makes pre-training object-aware: object IoU MixedAE > {} (cluttered)"
+OBJECT_RIVALS = (("mae", "MAE"), ("naive", "naive"))
+NO_MASKS = "the data has no object masks (objects.OBJECT_MASK_DATASETS)"
+
+
+def object_iou_claims(rows: pd.DataFrame, reference: pd.DataFrame) -> tuple[list[dict], str]:
+    """(the object IoU claims on cluttered images, the line on the measure's check): without a verdict while the
+    measure fails its check."""
+    cluttered = reference["object_iou_cluttered"]
+    checks = measure_checks(reference)
+    validated, check = measure_check(cluttered, TRIVIAL_BASELINES, checks)
+    ref = ", ".join(f"{name} {100 * v:.1f}" for name, v in cluttered[TRIVIAL_BASELINES + checks].items())
+    claims = [claim(OBJECT_CLAIM.format(label), per_seed(rows, "object_iou_cluttered", method="mixedae"),
+                    per_seed(rows, "object_iou_cluttered", method=m), +1, "MixedAE", label, unit="IoU points",
+                    reference=ref) for m, label in OBJECT_RIVALS]
+    return (claims if validated else [unvalidated(c, "the object-awareness measure failed its check") for c in claims],
+            check)
+
+
+def unmeasured_object_claims() -> tuple[list[dict], str]:
+    """(the object IoU claims, the line in their place) where the data has no object masks: not measured, so no
+    verdict; the attention maps are still drawn."""
+    claims = [{**reported(OBJECT_CLAIM.format(label), "not measured", float("nan"), NO_MASKS), "seeds": 0}
+              for _, label in OBJECT_RIVALS]
+    return claims, f"- Object awareness: not measured, {NO_MASKS}; the attention maps are drawn without a score."
+
+
 def object_notes(rows: pd.DataFrame, self_attention: pd.DataFrame, grouping: pd.DataFrame, depth: int,
                  chance: float) -> list[str]:
     """Each method's object IoU per variant, its [CLS] attention on itself in the last block, its grouping."""
     means, controls = _grouping_per_model_and_seed(grouping)
     last_block = self_attention[self_attention.block == depth - 1]
-    return ["- Mean object IoU per method (cluttered / translated / centred): " + "; ".join(
-                f"{m} " + " / ".join(f"{100 * r[c]:.1f}" for c in OBJECT_VARIANTS)
-                for m, r in rows.groupby("method")[list(OBJECT_VARIANTS)].mean().iterrows()) + ".",
+    iou = rows.groupby("method")[list(OBJECT_VARIANTS)].mean()
+    return ["- Mean object IoU per method (cluttered / translated / centred): " + ("; ".join(
+                f"{m} " + " / ".join(f"{100 * r[c]:.1f}" for c in OBJECT_VARIANTS) for m, r in iou.iterrows())
+                if iou.notna().any().any() else "not measured") + ".",
             "- [CLS] attention on itself, last block, mean over seeds: " + "; ".join(
                 f"{m} {v:.2f}" for m, v in last_block.groupby("method")["cls_self_attention"].mean().items()) + ".",
             "- Grouping on mixed inputs, mean over blocks and seeds: " + "; ".join(

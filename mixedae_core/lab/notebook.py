@@ -17,7 +17,9 @@ from .suite import Suite
 NOTEBOOK_DIR = REPO / "notebooks"
 # The parameters every notebook declares whose defaults (None) do not tell their type: (types, in words).
 PARAMETER_TYPES = {"seeds": ((list, type(None)), "a list of integers such as [0, 1, 2], or None for the preset's seeds"),
-                   "runs_root": ((str, type(None)), "a folder path, or None for runs/ in the repository")}
+                   "runs_root": ((str, type(None)), "a folder path, or None for runs/ in the repository"),
+                   "dataset": ((str, type(None)), "a dataset such as cifar10 or imagefolder:PATH, or None for the "
+                                                  "preset's")}
 
 
 def notebook_parameters(path: Path, defaults: bool = False):
@@ -56,11 +58,11 @@ def check_injected_parameters(notebook: str):
 
 
 def start(notebook: str, preset: str, seeds=None, device: str = "auto", out_dir: str = "results",
-          runs_root: str | None = None) -> Suite:
+          runs_root: str | None = None, dataset: str | None = None) -> Suite:
     """The first cell of every notebook: the parameters checked, the plotting theme and the notebook's Suite."""
     check_injected_parameters(notebook)
     sns.set_theme(style="whitegrid", context="notebook")
-    return Suite(preset, seeds, device, out_dir, notebook=notebook, runs_root=runs_root)
+    return Suite(preset, seeds, device, out_dir, notebook=notebook, runs_root=runs_root, dataset=dataset)
 
 
 def conclude(suite: Suite, claims: list[dict], *notes: str) -> Markdown:

@@ -1,11 +1,13 @@
 """`make reproduce`: train and record the runs (campaign.py), execute the ablation notebooks through
 papermill, write results/README.md and the generated blocks of README.md and docs/METHOD.md.
 
-    python -m mixedae_core reproduce --preset cpu [--out results] [--workers 1] [--budget S] [--only 01,05]
+    python -m mixedae_core reproduce --preset cpu [--dataset D] [--out results] [--workers 1] [--budget S] [--only 01,05]
 
-Each notebook gets `preset`, `seeds`, `device`, `out_dir`; a parameter a notebook does not declare is
-an error (papermill alone would only warn). Runs are shared through the run cache and the records, so an
-interrupted reproduce continues where it stopped.
+Each notebook gets `preset`, `seeds`, `device`, `out_dir` (and `dataset`, when given); a parameter a notebook
+does not declare is an error (papermill alone would only warn). Runs are shared through the run cache and the
+records, so an interrupted reproduce continues where it stopped. On another dataset than the preset's, the
+records, tables, figures and notebooks go to <preset>-<dataset> folders (runs.results_name), which
+results/README.md, the presets' page, leaves out.
 """
 import json
 import time
@@ -20,6 +22,7 @@ from .docblocks import write_docs
 from .experiments import NOTEBOOKS
 from .notebook import NOTEBOOK_DIR, notebook_parameters
 from .provenance import REPO, git_commit
+from .suite import Suite
 
 
 class CampaignIncomplete(RuntimeError):
@@ -28,32 +31,35 @@ class CampaignIncomplete(RuntimeError):
 
 def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=None, extra: dict | None = None,
                   runs_root: str | None = None, progress: bool = True, workers: int = 1,
-                  budget_s: float | None = None) -> dict:
-    """The campaign (unless `only` picks notebooks), then the notebooks; returns {notebook: wall seconds}.
-    `extra` adds parameters to every notebook."""
+                  budget_s: float | None = None, dataset: str | None = None) -> dict:
+    """The campaign (unless `only` picks notebooks), then the notebooks, on `dataset` (None: the preset's);
+    returns {notebook: wall seconds}. `extra` adds parameters to every notebook."""
     import papermill  # seconds to import, and only running the notebooks needs it
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out_dir).resolve()
+    suite = Suite(preset, None, device, str(out), runs_root=runs_root, dataset=dataset, progress=False)
     unmatched = [o for o in only or () if not any(n.startswith(o) for n in NOTEBOOKS)]
     if unmatched:
         raise ValueError(f"--only: no notebook starts with {', '.join(unmatched)}; "
                          f"the notebooks are {', '.join(NOTEBOOKS)}")
     names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
     if not only:
-        result = run_campaign(preset, None, out, runs_root, device, workers, budget_s, progress=progress)
+        result = run_campaign(preset, None, out, runs_root, device, workers, budget_s, progress=progress,
+                              dataset=dataset)
         if not result["complete"]:
             raise CampaignIncomplete(
                 f"{len(result['failed'])} run(s) failed, {len(result['left'])} "
                 f"still pending after the budget: the notebooks were not run. Run the same command again to "
-                f"continue (finished runs are recorded in {out / 'runs' / preset}).")
-    executed = out / "notebooks" / preset
+                f"continue (finished runs are recorded in {suite.records}).")
+    executed = out / "notebooks" / suite.name
     executed.mkdir(parents=True, exist_ok=True)
     timings = {}
     for name in names:
         path = NOTEBOOK_DIR / f"{name}.ipynb"
         params = {"preset": preset, "seeds": list(PRESETS[preset].seeds), "device": device, "out_dir": str(out),
-                  **({"runs_root": runs_root} if runs_root else {}), **(extra or {})}
+                  **({"runs_root": runs_root} if runs_root else {}), **({"dataset": dataset} if dataset else {}),
+                  **(extra or {})}
         unknown = set(params) - notebook_parameters(path)
         if unknown:
             raise ValueError(f"notebook {name} has no parameter(s) {', '.join(sorted(unknown))}; "
@@ -63,11 +69,12 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
                                    kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=progress)
         timings[name] = round(time.time() - t0, 1)
         print(f"{name}: {timings[name]:.0f} s", flush=True)
-    log = out / "tables" / preset / "reproduce_log.json"
+    log = out / "tables" / suite.name / "reproduce_log.json"
     previous = json.loads(log.read_text()) if log.exists() else {}
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(json.dumps({**previous, **timings}, indent=1))
-    if PRESETS[preset].committed:  # the smoke check's tables and figures are git-ignored: no section for them
+    # results/README.md shows the presets on their own data; the smoke check's tables and figures are git-ignored
+    if suite.name == preset and PRESETS[preset].committed:
         write_readme(out)
     if out == (REPO / "results").resolve():  # the docs quote the repository's own tables, not another folder's
         write_docs(REPO, out)

@@ -3,19 +3,20 @@ of a finished run into its eval.json, and its record for results/.
 
 A run's record, results/runs/<preset>/<run name>/, holds its config.json, metrics.jsonl, summary.json and
 eval.json, and no checkpoint: small enough to commit. Tables come from records, so committed records
-regenerate every table without training.
+regenerate every table without training. A preset run on another dataset keeps its records, tables, figures
+and notebooks apart, in results/*/<preset>-<dataset>/ (`results_name`).
 """
 import dataclasses
 import fcntl
 import hashlib
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
-from ..config import Config, EvalConfig
+from ..config import PRESETS, Config, EvalConfig, ModelConfig
 from ..evaluate import baseline_scores, evaluate_model, mae_twin
-from ..config import ModelConfig
 from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, load_model, read_json, run_finished,
                         write_text_atomic)
 from ..train import CODE_VERSION, available_device, train
@@ -108,11 +109,17 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
 
 
 # ------------------------------------------------------------------------------------------ records
-def check_recordable(config: Config):
-    """A record is evaluated on a test split held on the device: refuse an image folder before any training."""
-    if config.dataset_kind == "imagefolder":
-        raise ValueError(f"{config.dataset} is an image folder: records, campaigns and notebooks need a dataset with "
-                         "a test split (fashion-mnist, cifar10, cifar100, stl10); train on image folders with pretrain")
+def results_name(preset: str, dataset: str | None = None) -> str:
+    """The folder, under results/runs, tables, figures and notebooks, of a preset's suite on `dataset`: the
+    preset's name on its own dataset (None), else <preset>-<dataset>, an image folder named by its last part
+    and a hash of its path (two folders may share a name), so that no two datasets share a table."""
+    if dataset is None or dataset == PRESETS[preset].train["dataset"]:
+        return preset
+    kind, _, path = dataset.partition(":")
+    if not path:
+        return f"{preset}-{kind}"
+    name = re.sub(r"[^\w.-]", "_", Path(path).resolve().name)
+    return f"{preset}-{name}-{hashlib.sha256(path.encode()).hexdigest()[:6]}"
 
 
 def record_is_current(record: Path, ec: EvalConfig) -> bool:

@@ -1,4 +1,4 @@
-"""One notebook's view of the runs: its preset, seeds and device, its runs (from the experiment table)
+"""One notebook's view of the runs: its preset, dataset, seeds and device, its runs (from the experiment table)
 through the run cache and their records, and its tables and figures, which carry their provenance.
 
 Tables come from records (runs.py), so committed records regenerate every table without training; only
@@ -13,15 +13,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..config import PRESETS, Config, make_config
+from ..config import METHODS, PRESETS, Config, make_config
 from ..data import dataset_of, normalize
 from ..evaluate import DEPENDENCE_LAYOUTS
-from ..config import METHODS
 from ..runfiles import load_model, read_metrics, run_finished
 from ..train import describe_device, resolve_device
 from .experiments import drawn_runs, notebook_runs
 from .provenance import REPO, provenance
-from .runs import ensure_run, evaluate_run, export_record, record_is_current, run_dir_for
+from .runs import ensure_run, evaluate_run, export_record, record_is_current, results_name, run_dir_for
 
 SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou", "object_iou_translated",
           "object_iou_cluttered", "cls_self_attention",
@@ -32,18 +31,19 @@ SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou", "objec
 
 @dataclass
 class Suite:
-    """One notebook's view of the experiment: its preset, seeds, device and output folder."""
+    """One notebook's view of the experiment: its preset, seeds, device, output folder and dataset."""
     preset: str
     seeds: list | None = None        # None: the preset's seeds
     device: str = "auto"
     out_dir: str = "results"
     notebook: str = "notebook"
     runs_root: str | None = None
+    dataset: str | None = None       # None: the preset's
     progress: bool = True
     started: float = field(default_factory=time.time)
 
     def __post_init__(self):
-        make_config(self.preset)  # unknown preset: fail before any work
+        self.config()  # unknown preset or dataset: fail before any work
         seeds = PRESETS[self.preset].seeds if self.seeds is None else self.seeds
         if not isinstance(seeds, (list, tuple)) or not seeds or \
                 not all(isinstance(s, int) and not isinstance(s, bool) for s in seeds):
@@ -53,15 +53,17 @@ class Suite:
         out = Path(self.out_dir)
         self.out = out if out.is_absolute() else (REPO / out)
         self.eval_config = PRESETS[self.preset].eval
-        self.records = self.out / "runs" / self.preset
+        self.name = results_name(self.preset, self.dataset)  # its folder under runs/, tables/, figures/, notebooks/
+        self.records = self.out / "runs" / self.name
 
     # ---------------------------------------------------------------- runs
     def config(self, **overrides) -> Config:
-        """The preset with `overrides`. device 'auto' keeps the preset's own device (cpu for smoke/cpu, cuda for
-        gpu), so a preset's records keep their names on any machine: a CPU reading committed GPU records
-        finds them instead of training the GPU preset on its cores."""
+        """The preset on the suite's dataset, with `overrides`. device 'auto' keeps the preset's own device (cpu
+        for smoke/cpu, cuda for gpu), so a preset's records keep their names on any machine: a CPU reading
+        committed GPU records finds them instead of training the GPU preset on its cores."""
         device = {} if self.device == "auto" else {"device": self.device}
-        return make_config(self.preset, **{**device, **overrides})
+        dataset = {} if self.dataset is None else {"dataset": self.dataset}
+        return make_config(self.preset, **{**device, **dataset, **overrides})
 
     def runs(self) -> list[dict]:
         """The runs this notebook reads, as the experiment table declares them (experiments.py)."""
@@ -164,24 +166,24 @@ class Suite:
             name = describe_device(dev)
         except ValueError:
             dev, name = "cpu", f"{describe_device('cpu')}, reading records of a {self.config().device} preset"
-        return {**provenance(dev), "device": name, "preset": self.preset, "seeds": self.seeds,
-                "notebook": self.notebook, "wall_seconds": round(time.time() - self.started, 1)}
+        return {**provenance(dev), "device": name, "preset": self.preset, "dataset": self.config().dataset,
+                "seeds": self.seeds, "notebook": self.notebook, "wall_seconds": round(time.time() - self.started, 1)}
 
     def provenance_line(self) -> str:
         p = self.provenance()
-        return (f"{p['notebook']} | preset {p['preset']} | seeds {p['seeds']} | {p['device']} | "
+        return (f"{p['notebook']} | preset {p['preset']} | {p['dataset']} | seeds {p['seeds']} | {p['device']} | "
                 f"commit {p['commit']} | {p['date']} | {p['wall_seconds']:.0f} s so far")
 
     def save_table(self, df: pd.DataFrame, name: str) -> Path:
         """CSV with the provenance as leading '#' lines (pandas: read_csv(path, comment='#'))."""
-        path = self.out / "tables" / self.preset / f"{name}.csv"
+        path = self.out / "tables" / self.name / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         header = "".join(f"# {k}: {v}\n" for k, v in self.provenance().items())
         path.write_text(header + df.to_csv(index=False))
         return path
 
     def save_figure(self, fig, name: str) -> Path:
-        path = self.out / "figures" / self.preset / f"{name}.png"
+        path = self.out / "figures" / self.name / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         if fig.get_layout_engine() is None:  # panels' axis labels otherwise overlap their neighbours
             fig.tight_layout()
