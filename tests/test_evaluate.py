@@ -5,10 +5,9 @@ import pytest
 import torch
 
 from mixedae_core.lab.cli import main
-from mixedae_core.config import make_config
+from mixedae_core.config import EvalConfig, make_config
 from mixedae_core.data import make_synthetic
-from mixedae_core.config import EvalConfig
-from mixedae_core.lab.runs import evaluate_run
+from mixedae_core.lab.runs import baselines_path, evaluate_run
 from mixedae_core.evaluate import (attention_map, shared_position_loss, finetune, knn_accuracy, linear_probe_accuracy,
                                    object_awareness)
 from mixedae_core.model import build_model
@@ -152,3 +151,16 @@ def test_pretext_scores_of_mae_show_no_reliance_on_other_images():
     torch.manual_seed(0)
     naive = make_config("smoke", method="naive")
     assert pretext_scores(build_model(naive).eval(), naive, test, 32)["dose_pred_change"] > 1e-3
+
+
+def test_runs_share_the_baselines_that_nothing_they_change_can_change(tmp_path):
+    """The baselines (random init, raw pixels, maps, the supervised control) never mix and never see a MixedAE
+    switch: every method and ratio of a seed shares one cache entry; sizes, seed and recipe do not."""
+    ec = EvalConfig(batch_size=64)
+    shared = baselines_path(make_config("smoke", method="mae"), ec, tmp_path)
+    for kw in (dict(method="mixedae"), dict(method="mixedae", mix_ratio=0.5), dict(method="naive", mix_mode="full"),
+               dict(method="mixedae", hc_form="features", hc_weight=0.1, cls_per_image=False)):
+        assert baselines_path(make_config("smoke", **kw), ec, tmp_path) == shared, kw
+    for kw in (dict(method="mae", seed=1), dict(method="mae", embed_dim=48), dict(method="mae", precision="bf16")):
+        assert baselines_path(make_config("smoke", **kw), ec, tmp_path) != shared, kw
+    assert baselines_path(make_config("smoke"), EvalConfig(batch_size=32), tmp_path) != shared

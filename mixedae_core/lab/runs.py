@@ -56,13 +56,19 @@ def eval_key(ec: EvalConfig) -> dict:
     return {"eval_version": EVAL_VERSION, **dataclasses.asdict(ec)}
 
 
+def baselines_path(config: Config, ec: EvalConfig, root) -> Path:
+    """Where the baselines of `config`'s (sizes, data, seed, recipe) are cached under `root`/baselines."""
+    depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device",
+                                                                      "precision"}
+    # the baselines never mix (the random init is scored without pretext measurements): every ratio shares them
+    twin = dataclasses.replace(mae_twin(config), mix_ratio=ModelConfig.mix_ratio)
+    return Path(root) / "baselines" / f"{run_key(twin, EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)}.json"
+
+
 def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: bool = False) -> dict:
     """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines,
     since every run of a comparison shares them."""
-    depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device",
-                                                                      "precision"}
-    key = run_key(mae_twin(config), EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
-    path = Path(root) / "baselines" / f"{key}.json"
+    path = baselines_path(config, ec, root)
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # runs side by side share them: the second waits and reads the first's
