@@ -390,39 +390,84 @@ def object_scores(model: MaskedAutoencoderViT, test: TensorDataset, ec: EvalConf
             for v, (images, objects) in object_variants(test.images, model.config.patch_size).items()}
 
 
-@torch.no_grad()
-def pretext_scores(model: MaskedAutoencoderViT, config: Config, test: TensorDataset, n_images: int) -> dict:
-    """The pretext measurements of the MI argument, on fixed test images (the same for every run).
-
-    shared_loss_{random,class}: the reconstruction loss when every method hides the same positions, the
-    images laid out as random or same-class groups of G, each beside floor_{random,class}, the same model's
-    content-blind floor (`content_floor`). dose_*: the dose-response of `dependence_scores` over
-    DEPENDENCE_LAYOUTS (dose_loss_<layout>, dose_reliance_<layout>, dose_floor, dose_sensitivity,
-    dose_pred_change), with about n_images / G anchors."""
-    device = next(model.parameters()).device
+def pretext_inputs(config: Config, test: TensorDataset, n_images: int):
+    """(images, labels, partition noise) of the pretext measurements: n_images test images (whole groups of G),
+    normalised on the model's device, a fixed choice and noise that every run of every method shares."""
     G, N = config.mix_group_size, config.num_patches  # the mixing methods' G; MAE sees the same groups
     n = min(n_images, len(test)) // G * G
     if n == 0:
         raise ValueError(f"pretext scores need at least G = {G} test images, the test split has {len(test)}")
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:n]
-    images = normalize(test.images[pick].to(device), test.name)
-    noise = torch.rand(n // G, N, generator=torch.Generator().manual_seed(0)).to(device)
-    layouts = {"random": torch.arange(n),
-               "class": epoch_order(test.labels[pick], G, G, "class", torch.Generator().manual_seed(0))}
+    noise = torch.rand(n // G, N, generator=torch.Generator().manual_seed(0))
+    return normalize(test.images[pick], test.name), test.labels[pick], noise
+
+
+@torch.no_grad()
+def content_scores(model: MaskedAutoencoderViT, config: Config, images: torch.Tensor, noise: torch.Tensor) -> dict:
+    """{shared_loss, floor}: the loss on identical hidden positions and the model's content-blind floor on them
+    (their ratio is `content_ratio`)."""
+    device = next(model.parameters()).device
+    G = config.mix_group_size
+    m = len(images) // G * G
+    x, nz = images[:m].to(device), noise[:m // G].to(device)
+    loss = shared_position_loss(model, x, nz, G, config.mix_mode).loss_per_image.mean().item()
+    floor = content_floor(model, x, nz, G, config.mix_mode).mean().item()
+    return {"shared_loss": loss, "floor": floor}
+
+
+def content_ratio(scores: dict, layout: str = "random") -> float:
+    """Loss on identical hidden positions over the content floor (`content_scores`): 1 when the prediction
+    ignores the image, lower the more the image is used."""
+    return scores[f"shared_loss_{layout}"] / scores[f"floor_{layout}"]
+
+
+@torch.no_grad()
+def pretext_scores(model: MaskedAutoencoderViT, config: Config, test: TensorDataset, n_images: int) -> dict:
+    """The pretext measurements of the MI argument, on fixed test images (the same for every run).
+
+    shared_loss_{random,class}, floor_{random,class}: `content_scores` with the
+    images laid out as random or same-class groups of G. dose_*: the dose-response of `dependence_scores` over
+    DEPENDENCE_LAYOUTS (dose_loss_<layout>, dose_reliance_<layout>, dose_floor, dose_sensitivity,
+    dose_pred_change), with about n_images / G anchors."""
+    device = next(model.parameters()).device
+    G, N = config.mix_group_size, config.num_patches
+    images, labels, noise = pretext_inputs(config, test, n_images)
+    layouts = {"random": torch.arange(len(images)),
+               "class": epoch_order(labels, G, G, "class", torch.Generator().manual_seed(0))}
     scores = {}
-    for layout, order in layouts.items():
-        x = images[order.to(device)]
-        m = len(x) // G * G  # same-class groups can leave a few images out
-        x, nz = x[:m], noise[:m // G]
-        scores[f"shared_loss_{layout}"] = shared_position_loss(model, x, nz, G, config.mix_mode).loss_per_image.mean().item()
-        scores[f"floor_{layout}"] = content_floor(model, x, nz, G, config.mix_mode).mean().item()
-    anchors_n = min(n // G, len(test) // (2 * G - 1))
+    for layout, order in layouts.items():  # same-class groups can leave a few images out
+        scores.update({f"{k}_{layout}": v for k, v in content_scores(model, config, images[order], noise).items()})
+    anchors_n = min(len(images) // G, len(test) // (2 * G - 1))
     g = torch.Generator().manual_seed(2)
     anchors, neighbours = dependence_layouts(normalize(test.images.to(device), test.name), test.labels.to(device),
                                              anchors_n, G, g)
     dose_noise = torch.rand(anchors_n, N, generator=torch.Generator().manual_seed(3)).to(device)
     dose = dependence_scores(model, anchors, neighbours, dose_noise, G, config.mix_mode)
     return {**scores, **{f"dose_{k}": v for k, v in dose.items()}}
+
+
+class LearningCurveProbe:
+    """`train()`'s probe: at the end of the epochs in `epochs`, the frozen-feature scores of `frozen_scores` and the
+    content ratio on identical hidden positions (random groups), with the recipe and images of the final
+    evaluation, so a curve's points and its end are one measurement. The images are read at the first point."""
+
+    def __init__(self, config: Config, ec: EvalConfig, epochs):
+        self.config, self.ec, self.epochs = config, ec, tuple(epochs)
+        self.data = None
+
+    def __call__(self, model: MaskedAutoencoderViT, epochs_done: int) -> dict | None:
+        if epochs_done not in self.epochs:
+            return None
+        device = next(model.parameters()).device
+        if self.data is None:
+            train, test = eval_splits(self.config, self.ec)
+            self.data = train, test, pretext_inputs(self.config, test, self.ec.pretext_images)
+        train, test, (images, _, noise) = self.data
+        tr = extract_features(model, train.images, train.name, self.ec.batch_size)
+        te = extract_features(model, test.images, test.name, self.ec.batch_size)
+        scores = frozen_scores(tr, train.labels.to(device), te, test.labels.to(device), self.ec, train.num_classes)
+        content = content_scores(model, self.config, images, noise)
+        return {**scores, **{f"{k}_random": v for k, v in content.items()}}
 
 
 def mae_twin(config: Config) -> Config:
@@ -455,10 +500,10 @@ def supervised_control(config: Config, ec: EvalConfig, device, progress: bool = 
 
 
 def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
-    """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model, the
-    object IoU of maps that look at no model and, with `ec.control_epochs` and the seed `ec.control_seed`, of the
-    supervised positive control (where objects have masks; once, as it costs several pre-training runs):
-    {'random_init': scores, 'raw_pixels': scores, 'uniform map': ..., CONTROL: ...}."""
+    """Raw pixels and the randomly initialised (shared-init) encoder, evaluated like a trained model, and the
+    object IoU of maps that look at no model (where objects have masks):
+    {'random_init': scores, 'raw_pixels': scores, 'uniform map': ...}. The positive control is
+    `supervised_control`, computed apart since it costs several pre-training runs."""
     base = mae_twin(config)
     random_init = random_init_encoder(config, device)
     result = {"random_init": evaluate_model(random_init, base, ec, progress, pretext=False)}
@@ -469,6 +514,4 @@ def baseline_scores(config: Config, ec: EvalConfig, device, progress: bool = Fal
     result["raw_pixels"] = {**pixels, "train_images": len(train), "test_images": len(test)}
     if test.name in OBJECT_MASK_DATASETS:  # maps that look at no model: what a centred dataset gives for free
         result.update(map_baseline_scores(test.images, base.patch_size, ec.attention_mass))
-        if ec.control_epochs and config.seed == ec.control_seed:
-            result[CONTROL] = supervised_control(config, ec, device, progress)
     return result

@@ -1,7 +1,8 @@
 """The files of a run directory: what `train()` writes and what evaluation, notebooks and tools read.
 
     config.json     the Config of the run
-    metrics.jsonl   one JSON object per logged step ("kind": "step") and per epoch ("kind": "epoch")
+    metrics.jsonl   one JSON object per logged step ("kind": "step"), per epoch ("kind": "epoch") and, for a run
+                    trained with a probe, per learning-curve point ("kind": "curve")
     checkpoint.pt   model, optimizer, loop state, RNG and the config it was trained with (written atomically at
                     every epoch's end and every `checkpoint_minutes` inside an epoch); a resume trusts its
                     config, not config.json

@@ -221,6 +221,22 @@ class MetricLog:
             for w in warnings:
                 print(f"warning (epoch {epoch}): {w}", file=sys.stderr, flush=True)
 
+    def curve(self, step: int, epoch: int, point: dict | None):
+        """A learning-curve line: the probe's measurements of the model after `epoch` (None: not measured)."""
+        if point:
+            self.write({"kind": "curve", "step": step, "epoch": epoch, **point})
+
+
+def probe_model(probe, model, epochs_done: int) -> dict | None:
+    """`probe(model, epochs_done)` in eval mode, outside the training's random stream: a run with learning
+    curves trains the weights of the same run without them."""
+    model.eval()
+    t0 = time.perf_counter()
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        point = probe(model, epochs_done)
+    model.train()
+    return point and {**point, "probe_seconds": round(time.perf_counter() - t0, 1)}
+
 
 class StopRequest:
     """Turns SIGTERM/SIGINT into a flag checked between steps (a checkpoint is written, then exit).
@@ -330,9 +346,11 @@ def resume_state(ckpt: dict | None, model, optimizer, run_dir: Path, rank: int, 
 
 
 # ------------------------------------------------------------------------------------- the loop
-def train(config: Config, run_dir, resume: bool = True, progress: bool = True, stamp=None) -> dict:
+def train(config: Config, run_dir, resume: bool = True, progress: bool = True, stamp=None, probe=None) -> dict:
     """Pre-train `config` in `run_dir` (resuming its checkpoint when `resume`); returns the summary.
-    `stamp(device) -> dict`, if given, adds its keys to summary.json (e.g. the code version it ran)."""
+    `stamp(device) -> dict`, if given, adds its keys to summary.json (e.g. the code version it ran).
+    `probe(model, epochs_done) -> dict | None`, if given, measures the model at the end of every epoch; what it
+    returns becomes a learning-curve line of metrics.jsonl (evaluate.LearningCurveProbe)."""
     c, run_dir = config, Path(run_dir)
     rank, world, device = distributed_context(c)
     if c.batch_size % (c.accum_steps * world * c.group_size):
@@ -343,11 +361,11 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
         ckpt = checkpoint_to_resume(c, run_dir, resume, device)
         if rank == 0:
             write_text_atomic(run_dir / CONFIG, json.dumps(c.to_dict(), indent=1))
-        return train_locked(c, run_dir, ckpt, resume, batches, rank, world, device, progress, stamp)
+        return train_locked(c, run_dir, ckpt, resume, batches, rank, world, device, progress, stamp, probe)
 
 
 def train_locked(c: Config, run_dir: Path, ckpt: dict | None, resume: bool, batches, rank: int, world: int, device,
-                 progress: bool, stamp) -> dict:
+                 progress: bool, stamp, probe=None) -> dict:
     """train()'s loop, in the run directory it holds the lock of."""
     torch.manual_seed(c.seed)
     model = build_model(c).to(device)
@@ -385,6 +403,8 @@ def train_locked(c: Config, run_dir: Path, ckpt: dict | None, resume: bool, batc
                 log.epoch(step, epoch, state["epoch_sums"], state["train_seconds"],
                           recognition_warnings(c, values["loss_hc"], values.get("topk_acc_layers")))
                 state["epoch_sums"] = None
+                if probe and rank == 0:  # before the epoch's checkpoint: a run stopped while probing probes again
+                    log.curve(step, epoch, probe_model(probe, model, step // spe + 1))
             signum, timed = agreed((stop.signum, time.monotonic() - saved_at >= 60 * c.checkpoint_minutes),
                                    device, world)
             if end_of_epoch or timed or signum:

@@ -1,4 +1,5 @@
 """Evaluators on data where the answer is known, and evaluation of whole runs."""
+import dataclasses
 import json
 
 import pytest
@@ -7,8 +8,8 @@ import torch
 from mixedae_core.lab.cli import main
 from mixedae_core.config import EvalConfig, make_config
 from mixedae_core.data import make_synthetic
-from mixedae_core.lab.runs import baselines_path, evaluate_run
-from mixedae_core.evaluate import (attention_map, shared_position_loss, finetune, knn_accuracy, linear_probe_accuracy,
+from mixedae_core.lab.runs import baselines_path, evaluate_run, records_control
+from mixedae_core.evaluate import (CONTROL, attention_map, shared_position_loss, finetune, knn_accuracy, linear_probe_accuracy,
                                    object_awareness)
 from mixedae_core.model import build_model
 from mixedae_core.objects import foreground_patches
@@ -164,3 +165,19 @@ def test_runs_share_the_baselines_that_nothing_they_change_can_change(tmp_path):
     for kw in (dict(method="mae", seed=1), dict(method="mae", embed_dim=48), dict(method="mae", precision="bf16")):
         assert baselines_path(make_config("smoke", **kw), ec, tmp_path) != shared, kw
     assert baselines_path(make_config("smoke"), EvalConfig(batch_size=32), tmp_path) != shared
+
+
+def test_only_the_control_seeds_mae_record_waits_for_the_positive_control(tmp_path):
+    """The control trains for several pre-trainings' time: the MAE record of the control seed carries it (the
+    notebooks read the baselines there), the other methods of that seed are evaluated without waiting for it."""
+    ec = EvalConfig(batch_size=64, probe_max_iter=20, control_epochs=1, pretext_images=32)
+    scores = {}
+    for method in ("naive", "mae"):
+        config = make_config("smoke", method=method, epochs=1)
+        train(config, tmp_path / method, progress=False)
+        scores[method] = evaluate_run(tmp_path / method, ec, progress=False)["scores"]
+    assert CONTROL in scores["mae"] and CONTROL not in scores["naive"]
+    assert 0 <= scores["mae"][CONTROL]["object_iou_cluttered"] <= 1
+    assert scores["mae"]["random_init"] == scores["naive"]["random_init"]  # one cached entry, shared
+    assert not records_control(make_config("smoke", method="mae", seed=1), ec)
+    assert not records_control(make_config("smoke", method="mae"), dataclasses.replace(ec, control_epochs=0))

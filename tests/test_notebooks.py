@@ -51,6 +51,13 @@ def test_campaign_then_every_notebook_at_smoke_and_tables_again_from_records_alo
     assert all(any(f.startswith(name[:3]) for f in figures) for name in NOTEBOOKS)  # each notebook draws
     assert not (tmp_path / "README.md").exists()  # the smoke check's results are not the committed README's
     assert set(json.loads((tables / "reproduce_log.json").read_text())) == set(NOTEBOOKS)
+    # every headline run: the random init, the point its probe recorded after epoch 1 of 2, its final evaluation
+    curves = pd.read_csv(tables / "01_learning_curves.csv", comment="#")
+    assert all(list(e) == [0, 1, 2] for _, e in curves.groupby(["method", "seed"])["epochs"])
+    assert len(curves) == 3 * len(SEEDS) * 3 and "01_learning_curves.png" in figures
+    midway = curves[curves["epochs"] == 1]
+    assert midway["knn_cls"].between(0, 1).all() and (midway["content_ratio"] > 0).all()
+    assert midway[midway["method"] == "mixedae"]["topk_acc"].notna().all()
 
     # committed records alone (no checkpoints) regenerate the tables of 01-04 without training anything
     before = {name: pd.read_csv(tables / f"{name}.csv", comment="#")

@@ -71,6 +71,7 @@ class Experiment:
     draws: tuple = ()
     draw_seeds: str = "first"
     also: tuple = ()  # notebooks whose runs this one reads too
+    curves: bool = False  # its runs record learning curves while they train (at the preset's curve_epochs)
 
     def runs(self, config, seeds) -> list[dict]:
         chosen = list(seeds)[:{"all": len(seeds), "first": 1}.get(self.seeds, self.seeds)]
@@ -104,7 +105,7 @@ ABLATIONS = {
 }
 EXPERIMENTS = {
     "00_tour": Experiment(variants=({"method": "mixedae"},), seeds="first", draws=("mixedae",)),
-    "01_naive_mixing_vs_mae": Experiment(variants=HEADLINE),
+    "01_naive_mixing_vs_mae": Experiment(variants=HEADLINE, curves=True),
     "02_mutual_information": Experiment(
         variants=({"method": "naive", "group_by": "class"}, {"method": "mixedae", "group_by": "class"}),
         seeds="first", also=("01_naive_mixing_vs_mae",)),
@@ -134,6 +135,11 @@ def notebook_runs(notebook: str, config, seeds) -> list[dict]:
     runs = [r for other in experiment.also for r in EXPERIMENTS[other].runs(config, seeds)]
     runs += experiment.runs(config, seeds) + drawn_runs(notebook, seeds)
     return [r for i, r in enumerate(runs) if r not in runs[:i]]
+
+
+def curve_runs(config, seeds) -> list[dict]:
+    """The runs that record learning curves while they train."""
+    return [r for e in EXPERIMENTS.values() if e.curves for r in e.runs(config, seeds)]
 
 
 def drawn_runs(notebook: str | None, seeds) -> list[dict]:

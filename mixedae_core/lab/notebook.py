@@ -69,16 +69,19 @@ def conclude(suite: Suite, claims: list[dict], *notes: str) -> Markdown:
     """The notebook's verdicts on the paper's claims, Holm-adjusted across them, written for results/README.md's
     headline table, and its `conclusion` against the preset's headline kNN seed spread."""
     suite.save_table(pd.DataFrame(adjusted(claims)), f"claims_{suite.notebook}")
-    return conclusion(claims, *notes, knn_spread=suite.knn_spread())
+    return conclusion(claims, *notes, knn_spread=suite.knn_spread(), knn_noise=suite.knn_noise())
 
 
-def conclusion(claims: list[dict], *notes: str, knn_spread: float | None = None) -> Markdown:
+def conclusion(claims: list[dict], *notes: str, knn_spread: float | None = None,
+               knn_noise: float | None = None) -> Markdown:
     """The notebook's closing text, computed from its numbers: the headline kNN's seed spread, one line per
     claim (with its effect against that spread, see `against_spread`), then the notes."""
     lines = ["### Conclusion (computed from the numbers above)", ""]
     if knn_spread is not None:
         lines += [f"Seed spread of the headline kNN [CLS] (the largest std over seeds among MAE, naive and "
-                  f"MixedAE): **{knn_spread:.2f} points**.", ""]
+                  f"MixedAE): **{knn_spread:.2f} points**."
+                  + (f" The evaluation's own noise on it (binomial standard error of a test accuracy on the "
+                     f"records' test images): {knn_noise:.2f} points." if knn_noise is not None else ""), ""]
     lines += [f"- {c['claim']}: {c['measured']}" + _p_text(c) + against_spread(c, knn_spread) +
               f": **{c['verdict']}**." for c in adjusted(claims)]
     return Markdown("\n".join(lines + ([""] + list(notes) if notes else [])))

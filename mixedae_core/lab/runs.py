@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 from ..config import PRESETS, Config, EvalConfig, ModelConfig
-from ..evaluate import baseline_scores, evaluate_model, mae_twin
+from ..evaluate import CONTROL, baseline_scores, evaluate_model, mae_twin, supervised_control
+from ..objects import has_object_masks
 from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, load_model, read_json, run_finished,
                         write_text_atomic)
 from ..train import CODE_VERSION, available_device, train
@@ -42,12 +43,12 @@ def run_dir_for(config: Config, root=None) -> Path:
     return Path(root or runs_root()) / f"{config.method}-{run_key(config, CODE_VERSION)}"
 
 
-def ensure_run(config: Config, root=None, progress: bool = True) -> Path:
+def ensure_run(config: Config, root=None, progress: bool = True, probe=None) -> Path:
     """The finished run of `config` with its checkpoint: cached if it exists, resumed if it was interrupted,
-    else trained (also when its checkpoint was deleted)."""
+    else trained (also when its checkpoint was deleted), with `train()`'s learning-curve `probe` if given."""
     run_dir = run_dir_for(config, root)
     if not run_finished(run_dir):
-        train(config, run_dir, resume=True, progress=progress, stamp=stamp)
+        train(config, run_dir, resume=True, progress=progress, stamp=stamp, probe=probe)
     return run_dir
 
 
@@ -56,26 +57,44 @@ def eval_key(ec: EvalConfig) -> dict:
     return {"eval_version": EVAL_VERSION, **dataclasses.asdict(ec)}
 
 
-def baselines_path(config: Config, ec: EvalConfig, root) -> Path:
-    """Where the baselines of `config`'s (sizes, data, seed, recipe) are cached under `root`/baselines."""
+def baselines_path(config: Config, ec: EvalConfig, root, kind: str = "") -> Path:
+    """Where the baselines (kind "control-": the positive control) of `config`'s (sizes, data, seed, recipe) are
+    cached under `root`/baselines."""
     depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device",
                                                                       "precision"}
     # the baselines never mix (the random init is scored without pretext measurements): every ratio shares them
     twin = dataclasses.replace(mae_twin(config), mix_ratio=ModelConfig.mix_ratio)
-    return Path(root) / "baselines" / f"{run_key(twin, EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)}.json"
+    key = run_key(twin, EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
+    return Path(root) / "baselines" / f"{kind}{key}.json"
+
+
+def computed_once(path: Path, compute) -> dict:
+    """`compute()`'s result, cached at `path`: runs side by side share it (the second waits and reads the first's)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.exists():
+            return json.loads(path.read_text())
+        result = compute()
+        write_text_atomic(path, json.dumps(result, indent=1))
+    return result
+
+
+def records_control(config: Config, ec: EvalConfig) -> bool:
+    """Whether `config`'s record carries the supervised positive control: the MAE run of the control seed, where
+    the notebooks read every baseline (Suite.reference), on data with object masks. Only that run waits the
+    control's training (several pre-trainings long); the other runs of its seed do not."""
+    return bool(ec.control_epochs) and config.seed == ec.control_seed and config.method == "mae" and \
+        has_object_masks(config.dataset)
 
 
 def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: bool = False) -> dict:
-    """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines,
-    since every run of a comparison shares them."""
-    path = baselines_path(config, ec, root)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # runs side by side share them: the second waits and reads the first's
-        if path.exists():
-            return json.loads(path.read_text())
-        result = baseline_scores(config, ec, device, progress)
-        write_text_atomic(path, json.dumps(result, indent=1))
+    """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines, since
+    every run of a comparison shares them, and the positive control where `records_control`."""
+    result = computed_once(baselines_path(config, ec, root), lambda: baseline_scores(config, ec, device, progress))
+    if records_control(config, ec):
+        result[CONTROL] = computed_once(baselines_path(config, ec, root, "control-"),
+                                        lambda: supervised_control(config, ec, device, progress))
     return result
 
 

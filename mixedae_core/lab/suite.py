@@ -15,10 +15,10 @@ import torch
 
 from ..config import METHODS, PRESETS, Config, make_config
 from ..data import dataset_of, normalize
-from ..evaluate import DEPENDENCE_LAYOUTS
+from ..evaluate import DEPENDENCE_LAYOUTS, LearningCurveProbe, content_ratio
 from ..runfiles import load_model, read_metrics, run_finished
 from ..train import describe_device, resolve_device
-from .experiments import drawn_runs, notebook_runs
+from .experiments import curve_runs, drawn_runs, notebook_runs
 from .provenance import REPO, provenance
 from .runs import ensure_run, evaluate_run, export_record, record_is_current, results_name, run_dir_for
 
@@ -75,7 +75,18 @@ class Suite:
 
     def run(self, **overrides) -> Path:
         """The run directory (with its checkpoint): cached, resumed or trained."""
-        return ensure_run(self.config(**overrides), root=self.runs_root, progress=self.progress)
+        config = self.config(**overrides)
+        return ensure_run(config, root=self.runs_root, progress=self.progress, probe=self.curve_probe(config))
+
+    def curve_probe(self, config: Config) -> LearningCurveProbe | None:
+        """The learning-curve probe of a run that the experiment table gives curves, at the preset's
+        curve_epochs; None for the other runs and for a preset without curves."""
+        epochs = PRESETS[self.preset].curve_epochs
+        named = {run_dir_for(self.config(**o), self.runs_root).name
+                 for o in curve_runs(self.config(method="mixedae"), self.seeds)}
+        if not epochs or run_dir_for(config, self.runs_root).name not in named:
+            return None
+        return LearningCurveProbe(config, self.eval_config, epochs)
 
     def model(self, **overrides):
         """(trained model in eval mode on the suite's device, its Config)."""
@@ -112,6 +123,15 @@ class Suite:
         return max(100 * np.std([self.evaluation(method=m, seed=s)["scores"]["encoder"]["knn_cls"]
                                  for s in self.seeds], ddof=1) for m in METHODS)
 
+    def knn_noise(self) -> float | None:
+        """The evaluation's own noise on the headline kNN [CLS]: the binomial standard error (points) of a test
+        accuracy at the headline runs' mean accuracy and test-set size; None while a headline record is missing."""
+        if not all(self.has_record(method=m, seed=s) for m in METHODS for s in self.seeds):
+            return None
+        scores = [self.evaluation(method=m, seed=s)["scores"]["encoder"] for m in METHODS for s in self.seeds]
+        p = np.mean([s["knn_cls"] for s in scores])
+        return 100 * float(np.sqrt(p * (1 - p) / scores[0]["test_images"]))
+
     def evaluation(self, **overrides) -> dict:
         return json.loads((self.record(**overrides) / "eval.json").read_text())
 
@@ -124,6 +144,7 @@ class Suite:
         config = result["config"]
         return {"method": config["method"], "seed": config["seed"], **overrides,
                 **{k: result["scores"]["encoder"][k] for k in SCORES},
+                "content_ratio": content_ratio(result["scores"]["encoder"]), "epochs_run": summary["epochs_run"],
                 "loss_rec": final.get("loss_rec"), "loss_hc": final.get("loss_hc"),
                 "train_seconds": summary["train_seconds"], "img_per_s": summary["img_per_s"],
                 "steps": summary["steps"], "run": record.name,
