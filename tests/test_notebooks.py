@@ -13,7 +13,7 @@ from mixedae_core.lab.claims import (AT_FLOOR, adjusted, against_spread, claim, 
                                      per_seed, verdict)
 from mixedae_core.lab.experiments import ABLATIONS, EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
 from mixedae_core.lab.notebook import NOTEBOOK_DIR, conclusion
-from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
+from mixedae_core.lab.reproduce import CampaignIncomplete, _missing_line, run_notebooks
 from mixedae_core.lab.suite import Suite, final_losses
 from mixedae_core.lab.timing import bench_key
 
@@ -80,6 +80,25 @@ def test_campaign_with_no_budget_left_starts_nothing_and_reproduce_stops_before_
     with pytest.raises(CampaignIncomplete, match="Run the same command again"):
         run_notebooks("smoke", tmp_path, runs_root=str(tmp_path / "runs-cache"), budget_s=0, progress=False)
     assert not (tmp_path / "notebooks" / "smoke" / "00_tour.ipynb").exists()
+    waiting = json.loads((tmp_path / "tables" / "smoke" / "missing_runs.json").read_text())
+    assert list(waiting) == list(NOTEBOOKS)
+
+
+def test_a_campaign_in_sittings_renders_the_notebooks_whose_runs_are_recorded_and_lists_what_the_others_wait_for(
+        tmp_path):
+    runs = str(tmp_path / "runs-cache")
+    headline = [{"method": m, "seed": s} for s in SEEDS for m in ("mae", "naive", "mixedae")]
+    assert run_campaign("smoke", SEEDS, tmp_path, runs, plan=headline, progress=False, workers=2)["complete"]
+    with pytest.raises(CampaignIncomplete, match="rendered 00_tour, 01_naive_mixing_vs_mae, 05_attention_maps"):
+        run_notebooks("smoke", tmp_path, runs_root=runs, budget_s=0, progress=False)
+    rendered = {p.stem for p in (tmp_path / "notebooks" / "smoke").glob("*.ipynb")}
+    assert rendered == {"00_tour", "01_naive_mixing_vs_mae", "05_attention_maps"}
+    waiting = json.loads((tmp_path / "tables" / "smoke" / "missing_runs.json").read_text())
+    assert list(waiting) == ["02_mutual_information", "03_choice_of_k", "04_compose_vs_full"]
+    suite = Suite("smoke", progress=False, out_dir=str(tmp_path), runs_root=runs)
+    assert sorted(waiting["02_mutual_information"]) == sorted(
+        suite.record_path(method=m, group_by="class", seed=0).name for m in ("naive", "mixedae"))
+    assert "Incomplete: " in "".join(_missing_line(tmp_path, "smoke"))
 
 
 def test_planned_runs_cover_every_method_seed_and_the_ablations():

@@ -16,6 +16,11 @@ from .timing import TimedStep, alternated_step_times
 METHOD_LABELS = {"mae": "MAE", "naive": "naive", "mixedae": "MixedAE"}
 
 
+def final_topk_layers(steps: pd.DataFrame) -> list | None:
+    """TopK accuracy per homologous layer at a run's last logged step (`Suite.metrics`); None without TopK."""
+    return steps.iloc[-1]["topk_acc_layers"] if "topk_acc_layers" in steps else None
+
+
 def recognition_notes(rows: pd.DataFrame) -> list[str]:
     """One line per run whose homologous recognition sat at chance or at its collapse value at the end."""
     flagged = rows[rows["warnings"].fillna("") != ""] if "warnings" in rows else rows.iloc[:0]
@@ -188,10 +193,10 @@ def recognition_designs(suite: Suite) -> tuple[pd.DataFrame, pd.DataFrame]:
                 continue
             refs = suite.config(**run).recognition_references
             steps = suite.metrics(**run)
-            last = steps.iloc[-1]
-            rows.append({"design": name, **suite.row(**run), "topk_acc": float(np.mean(last["topk_acc_layers"])),
-                         **{f"topk_acc_layer{i}": a for i, a in enumerate(last["topk_acc_layers"])},
-                         "loss_hc_last": last["loss_hc"], "loss_hc_chance": refs["loss_hc_chance"],
+            layers = final_topk_layers(steps)
+            rows.append({"design": name, **suite.row(**run), "topk_acc": float(np.mean(layers)),
+                         **{f"topk_acc_layer{i}": a for i, a in enumerate(layers)},
+                         "loss_hc_last": steps.iloc[-1]["loss_hc"], "loss_hc_chance": refs["loss_hc_chance"],
                          "loss_hc_perfect": refs["loss_hc_perfect"], "topk_acc_chance": refs["topk_acc_chance"]})
             curves += [{"design": name, "seed": run["seed"], "step": r["step"], "layer": layer, "topk_acc": acc,
                         "loss_hc": r["loss_hc"], **refs}
@@ -233,7 +238,7 @@ def ablation_table(suite: Suite) -> pd.DataFrame:
     rows = []
     for name, run in named.items():
         config, steps = suite.config(**run), suite.metrics(**run, seed=seed)
-        layers = steps.iloc[-1].get("topk_acc_layers") if "topk_acc_layers" in steps else None
+        layers = final_topk_layers(steps)
         row = suite.row(**run, seed=seed)
         if config.homologous_loss is None:  # logged as 0, which would read as perfect recognition
             row["loss_hc"] = np.nan
