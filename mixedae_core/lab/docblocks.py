@@ -70,15 +70,18 @@ def bench_ratios(results: Path) -> dict[str, dict]:
 # ------------------------------------------------------------------------------------------ blocks
 def headline_preset(results: Path) -> str:
     """The first preset (in PRESETS' order: the headline first) whose notebook 01 has run: the README's headline."""
-    return next(p for p in PRESETS if PRESETS[p].committed and (results / "tables" / p / "01_transfer.csv").exists())
+    ready = [p for p in PRESETS if PRESETS[p].committed and (results / "tables" / p / "01_transfer.csv").exists()]
+    if not ready:
+        raise DocBlockError(f"no preset's notebook 01 has run in {results}: the headline has no table to quote")
+    return ready[0]
 
 
 def headline(results: Path) -> str:
     """README: transfer, recognition and step cost of the three methods on the headline preset."""
     preset = headline_preset(results)
-    tables = f"results/tables/{preset}"
-    transfer, meta = read_table(results / tables[8:] / "01_transfer.csv")
-    baselines = read_table(results / tables[8:] / "01_baselines.csv")[0].set_index("baseline")
+    tables, linked = results / "tables" / preset, f"results/tables/{preset}"  # read here, linked from the root
+    transfer, meta = read_table(tables / "01_transfer.csv")
+    baselines = read_table(tables / "01_baselines.csv")[0].set_index("baseline")
     by_method = {m: transfer[transfer["method"] == m] for m in METHODS}
     # the evaluation recipe the records were scored with, read from a record rather than from today's preset
     recipe = json.loads((results / "runs" / preset / transfer["run"].iloc[0] / "eval.json").read_text())["eval"]
@@ -91,7 +94,7 @@ def headline(results: Path) -> str:
                     + f" | {100 * baselines.loc['random_init', column]:.1f}"
                     f" | {100 * baselines.loc['raw_pixels', pixels]:.1f} |")
     sources = ["01_transfer.csv", "01_baselines.csv"]
-    designs_path = results / tables[8:] / "03_recognition_designs.csv"
+    designs_path = tables / "03_recognition_designs.csv"
     if designs_path.exists():  # the headline's own MixedAE runs, which notebook 03 tabulates beside other designs
         designs = read_table(designs_path)[0]
         acc = designs[designs["run"].isin(by_method["mixedae"]["run"])]["topk_acc"]
@@ -102,7 +105,7 @@ def headline(results: Path) -> str:
         rows.append(f"| training step, × MAE's ({device}, {r['dtype']}, commit {r['commit']}) | 1.00 "
                     f"| {r['naive']:.2f} | {r['mixedae']:.2f} (full mixing {r['mixedae_full']:.2f}) | – | – |")
     recipe_text = (f"{recipe['train_subset'] or 'all'} training and {recipe['test_subset'] or 'all'} test images")
-    return (f"From {', '.join(link(f'{tables}/{name}') for name in sources)} (commit {meta['commit']}) and "
+    return (f"From {', '.join(link(f'{linked}/{name}') for name in sources)} (commit {meta['commit']}) and "
             f"{link('results/tables/bench.csv')}. kNN and linear probe on the frozen encoder, {recipe_text}. "
             f"Each claim with its p-value and verdict: {link('results/README.md')}.\n\n" + "\n".join(rows))
 

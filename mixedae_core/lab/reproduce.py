@@ -48,7 +48,8 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
     result = None if only else run_campaign(preset, None, out, runs_root, device, workers, budget_s,
                                             progress=progress, dataset=dataset)
     waiting = {} if result is None or result["complete"] else missing_runs(suite, names)
-    write_missing(out / "tables" / suite.name, waiting)
+    if result is not None:  # --only says nothing of the notebooks it leaves out
+        write_missing(out / "tables" / suite.name, waiting)
     timings = execute(suite, [n for n in names if n not in waiting], out, device, runs_root, dataset, extra, progress)
     # results/README.md shows the presets on their own data; the smoke check's tables and figures are git-ignored
     if suite.name == preset and PRESETS[preset].committed:
@@ -59,20 +60,20 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
         raise CampaignIncomplete(
             f"{len(result['failed'])} run(s) failed, {len(result['left'])} still pending after the budget: "
             + (f"rendered {', '.join(timings)}; " if timings else "")
-            + f"{', '.join(waiting)} wait for their runs. Run the same command again to continue (finished runs "
-              f"are recorded in {suite.records}).")
+            + (f"{', '.join(waiting)} wait for their runs. " if waiting else "")
+            + f"Run the same command again to continue (finished runs are recorded in {suite.records}).")
     return timings
 
 
 def missing_runs(suite: Suite, names: list[str]) -> dict[str, list[str]]:
-    """{notebook: the record names it still needs}, for the notebooks among `names` that lack a record, or the
-    checkpoint of a model they draw."""
+    """{notebook: the runs it still needs}, for the notebooks among `names` that lack a record (named by the record),
+    or the checkpoint of a model they draw (named '<record> (checkpoint)')."""
     waiting = {}
     for name in names:
         nb = Suite(suite.preset, suite.seeds, suite.device, str(suite.out), notebook=name, runs_root=suite.runs_root,
                    dataset=suite.dataset, progress=False)
         missing = [nb.record_path(**r).name for r in nb.runs() if not nb.has_record(**r)]
-        missing += [nb.record_path(**r).name for r in nb.drawn() if not nb.has_run(**r)]
+        missing += [f"{nb.record_path(**r).name} (checkpoint)" for r in nb.drawn() if not nb.has_run(**r)]
         if missing:
             waiting[name] = sorted(set(missing))
     return waiting
@@ -158,7 +159,7 @@ def _missing_line(out: Path, preset: str) -> list[str]:
         return []
     waiting = json.loads(path.read_text())
     runs = {r for names in waiting.values() for r in names}
-    return [f"**Incomplete: {len(runs)} run(s) not recorded yet**, so notebooks {', '.join(waiting)} have not been "
+    return [f"**Incomplete: {len(runs)} run(s) not recorded or trained yet**, so notebooks {', '.join(waiting)} have not been "
             f"rendered (the claims below are the other notebooks'). `make reproduce PRESET={preset} BUDGET=<seconds>` "
             f"continues the campaign; [tables/{preset}/missing_runs.json](tables/{preset}/missing_runs.json) lists "
             "the runs.", ""]
