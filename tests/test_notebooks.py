@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 
 from mixedae_core.config import PRESETS, make_config
-from mixedae_core.lab.campaign import campaign_plan, run_campaign
+from mixedae_core.lab.campaign import campaign_plan, latest_start, run_campaign
 from mixedae_core.lab.claims import (AT_FLOOR, adjusted, against_spread, claim, headline, holm, mean_std, paired_test,
                                      per_seed, verdict)
 from mixedae_core.lab.experiments import ABLATIONS, EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
 from mixedae_core.lab.notebook import NOTEBOOK_DIR, conclusion
 from mixedae_core.lab.reproduce import CampaignIncomplete, _missing_line, run_notebooks
+from mixedae_core.lab.runs import records_control
 from mixedae_core.lab.suite import Suite, final_losses
 from mixedae_core.lab.timing import bench_key
 
@@ -315,3 +316,13 @@ def test_per_seed_pairs_values_by_seed():
     assert per_seed(table, "score", method="a", layout="x").tolist() == [0.0, 0.2]
     assert per_seed(table, "score", method="b").tolist() == [1.0, 1.2]
     assert per_seed(table, "seed").tolist() == [0, 0, 1, 2, 2]
+
+
+def test_a_budgeted_campaign_judges_what_can_still_start_by_its_typical_runs_not_the_one_that_trained_the_control():
+    suite = Suite("long", progress=False)
+    one_off = lambda e: records_control(suite.config(method=e["method"], seed=e["seed"]), suite.eval_config)  # noqa
+    finished = [{"method": "mae", "seed": 0, "seconds": 4000}, {"method": "mae", "seed": 1, "seconds": 1100},
+                {"method": "naive", "seed": 0, "seconds": 1200}]
+    assert one_off(finished[0]) and not one_off(finished[2])
+    assert latest_start(7000, finished, one_off) == 7000 - 1200
+    assert latest_start(7000, finished[:1], one_off) is None and latest_start(None, finished, one_off) is None
