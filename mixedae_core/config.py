@@ -417,7 +417,7 @@ class EvalConfig:
     baselines: bool = True            # also evaluate raw pixels and the randomly initialised encoder
     pretext_images: int = 512         # test images for the shared-position loss and the cross-image reliance
     control_epochs: int = 0           # epochs of the supervised positive control of the object-awareness measure (0: none)
-    control_seed: int = 0             # the control is trained once, with the baselines of this seed's runs
+    control_seed: int = 0             # the control is trained once, recorded with this seed's MAE run
 
     def __post_init__(self):
         self.validate()
@@ -449,6 +449,11 @@ class Preset:
     note: str = ""                    # what its numbers can and cannot show, under that heading
     committed: bool = True            # its results belong in the committed results/README.md (a check's do not)
     curve_epochs: tuple[int, ...] = ()  # epochs after which the headline runs record a learning-curve point
+
+    def __post_init__(self):
+        epochs = self.train.get("epochs", Config.epochs)
+        if any(not 1 <= e < epochs for e in self.curve_epochs):  # the last epoch's point is the final evaluation
+            raise ValueError(f"Preset: curve_epochs {self.curve_epochs} must lie in 1..{epochs - 1} (epochs {epochs})")
 
 
 # MLP ratio 2 and one decoder block: at width 128 the MLPs and the 65-token decoder are most of the step.

@@ -391,25 +391,26 @@ def object_scores(model: MaskedAutoencoderViT, test: TensorDataset, ec: EvalConf
 
 
 def pretext_inputs(config: Config, test: TensorDataset, n_images: int):
-    """(images, labels, partition noise) of the pretext measurements: n_images test images (whole groups of G),
-    normalised on the model's device, a fixed choice and noise that every run of every method shares."""
+    """(uint8 images, labels, partition noise) of the pretext measurements: n_images test images (whole groups of
+    G), a fixed choice and noise that every run of every method shares."""
     G, N = config.mix_group_size, config.num_patches  # the mixing methods' G; MAE sees the same groups
     n = min(n_images, len(test)) // G * G
     if n == 0:
         raise ValueError(f"pretext scores need at least G = {G} test images, the test split has {len(test)}")
     pick = torch.randperm(len(test), generator=torch.Generator().manual_seed(1))[:n]
     noise = torch.rand(n // G, N, generator=torch.Generator().manual_seed(0))
-    return normalize(test.images[pick], test.name), test.labels[pick], noise
+    return test.images[pick], test.labels[pick], noise
 
 
 @torch.no_grad()
-def content_scores(model: MaskedAutoencoderViT, config: Config, images: torch.Tensor, noise: torch.Tensor) -> dict:
+def content_scores(model: MaskedAutoencoderViT, config: Config, images_uint8: torch.Tensor, noise: torch.Tensor,
+                   dataset: str) -> dict:
     """{shared_loss, floor}: the loss on identical hidden positions and the model's content-blind floor on them
-    (their ratio is `content_ratio`)."""
+    (their ratio is `content_ratio`), for uint8 images in groups of G (a last partial group is left out)."""
     device = next(model.parameters()).device
     G = config.mix_group_size
-    m = len(images) // G * G
-    x, nz = images[:m].to(device), noise[:m // G].to(device)
+    m = len(images_uint8) // G * G
+    x, nz = normalize(images_uint8[:m].to(device), dataset), noise[:m // G].to(device)
     loss = shared_position_loss(model, x, nz, G, config.mix_mode).loss_per_image.mean().item()
     floor = content_floor(model, x, nz, G, config.mix_mode).mean().item()
     return {"shared_loss": loss, "floor": floor}
@@ -436,7 +437,8 @@ def pretext_scores(model: MaskedAutoencoderViT, config: Config, test: TensorData
                "class": epoch_order(labels, G, G, "class", torch.Generator().manual_seed(0))}
     scores = {}
     for layout, order in layouts.items():  # same-class groups can leave a few images out
-        scores.update({f"{k}_{layout}": v for k, v in content_scores(model, config, images[order], noise).items()})
+        layout_scores = content_scores(model, config, images[order], noise, test.name)
+        scores.update({f"{k}_{layout}": v for k, v in layout_scores.items()})
     anchors_n = min(len(images) // G, len(test) // (2 * G - 1))
     g = torch.Generator().manual_seed(2)
     anchors, neighbours = dependence_layouts(normalize(test.images.to(device), test.name), test.labels.to(device),
@@ -466,7 +468,7 @@ class LearningCurveProbe:
         tr = extract_features(model, train.images, train.name, self.ec.batch_size)
         te = extract_features(model, test.images, test.name, self.ec.batch_size)
         scores = frozen_scores(tr, train.labels.to(device), te, test.labels.to(device), self.ec, train.num_classes)
-        content = content_scores(model, self.config, images, noise)
+        content = content_scores(model, self.config, images, noise, test.name)
         return {**scores, **{f"{k}_random": v for k, v in content.items()}}
 
 

@@ -298,7 +298,7 @@ class MixedAutoencoderViT(MaskedAutoencoderViT):
         """(loss, loss_rec, loss_per_image [B], loss_hc): reconstruction + hc_weight x the homologous loss."""
         loss_rec, loss_per_image = super().forward_loss(imgs, pred, mask)
         loss_hc = self.homologous_loss(latent, mixing, extras)
-        loss = loss_rec + self.config.hc_weight * loss_hc if self.config.method == "mixedae" else loss_rec
+        loss = loss_rec + self.config.hc_weight * loss_hc if self.config.homologous_loss else loss_rec
         return loss, loss_rec, loss_per_image, loss_hc
 
     def forward(self, imgs, mask_ratio=None, noise=None, diagnostics=False, return_attention=False) -> ModelOutput:

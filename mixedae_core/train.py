@@ -181,8 +181,9 @@ def recognition_warnings(config: Config, loss_hc: float, topk_acc_layers) -> lis
 
 
 class MetricLog:
-    """metrics.jsonl of rank 0: a line per logged step (losses, lr, img/s, TopK accuracy) and one per epoch
-    (the epoch's mean losses, kept in the checkpointed `sums` so that a resumed epoch's mean is exact)."""
+    """metrics.jsonl of rank 0: a line per logged step (losses, lr, img/s, TopK accuracy), one per epoch
+    (the epoch's mean losses, kept in the checkpointed `sums` so that a resumed epoch's mean is exact) and one per
+    learning-curve point of a probed run."""
 
     def __init__(self, run_dir: Path, rank: int, world: int, images: int):
         self.path, self.rank, self.world = run_dir / METRICS, rank, world
@@ -405,6 +406,7 @@ def train_locked(c: Config, run_dir: Path, ckpt: dict | None, resume: bool, batc
                 state["epoch_sums"] = None
                 if probe and rank == 0:  # before the epoch's checkpoint: a run stopped while probing probes again
                     log.curve(step, epoch, probe_model(probe, model, step // spe + 1))
+                    log.window = (time.perf_counter(), state["images"])  # img/s: training only
             signum, timed = agreed((stop.signum, time.monotonic() - saved_at >= 60 * c.checkpoint_minutes),
                                    device, world)
             if end_of_epoch or timed or signum:

@@ -6,7 +6,7 @@ import shutil
 import pytest
 
 from conftest import REPO
-from mixedae_core.lab.docblocks import BLOCKS, DOCS, DocBlockError, blocks, render, stale_blocks
+from mixedae_core.lab.docblocks import BLOCKS, DOCS, DocBlockError, blocks, headline, render, stale_blocks
 
 RESULTS = REPO / "results"
 
@@ -68,3 +68,13 @@ def test_a_document_in_a_subfolder_links_the_tables_from_there():
     text = "<!-- generated: step-cost -->\n<!-- end generated: step-cost -->\n"
     assert "](results/tables/bench.csv)" in render(text, RESULTS, "README.md")
     assert "](../results/tables/bench.csv)" in render(text, RESULTS, "docs/METHOD.md")
+
+
+def test_the_headline_block_quotes_the_first_preset_whose_notebook_01_has_run(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "results", results, ignore=shutil.ignore_patterns("long"))
+    assert "`cpu` preset" in headline(results)
+    for kind in ("tables", "runs"):  # the long preset (before cpu in PRESETS) gets notebook 01's tables
+        shutil.copytree(results / kind / "cpu", results / kind / "long")
+    text = headline(results)
+    assert "`long` preset" in text and "results/tables/long/01_transfer.csv" in text and "`cpu`" not in text

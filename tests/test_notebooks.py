@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 
 from mixedae_core.config import PRESETS, make_config
-from mixedae_core.lab.campaign import campaign_plan, run_campaign
+from mixedae_core.lab.campaign import campaign_plan, latest_start, run_campaign
 from mixedae_core.lab.claims import (AT_FLOOR, adjusted, against_spread, claim, headline, holm, mean_std, paired_test,
                                      per_seed, verdict)
 from mixedae_core.lab.experiments import ABLATIONS, EXPERIMENTS, NOTEBOOKS, drawn_runs, equal_compute, k_values
 from mixedae_core.lab.notebook import NOTEBOOK_DIR, conclusion
-from mixedae_core.lab.reproduce import CampaignIncomplete, run_notebooks
+from mixedae_core.lab.reproduce import CampaignIncomplete, _missing_line, run_notebooks
+from mixedae_core.lab.runs import records_control
 from mixedae_core.lab.suite import Suite, final_losses
 from mixedae_core.lab.timing import bench_key
 
@@ -80,6 +81,25 @@ def test_campaign_with_no_budget_left_starts_nothing_and_reproduce_stops_before_
     with pytest.raises(CampaignIncomplete, match="Run the same command again"):
         run_notebooks("smoke", tmp_path, runs_root=str(tmp_path / "runs-cache"), budget_s=0, progress=False)
     assert not (tmp_path / "notebooks" / "smoke" / "00_tour.ipynb").exists()
+    waiting = json.loads((tmp_path / "tables" / "smoke" / "missing_runs.json").read_text())
+    assert list(waiting) == list(NOTEBOOKS)
+
+
+def test_a_campaign_in_sittings_renders_the_notebooks_whose_runs_are_recorded_and_lists_what_the_others_wait_for(
+        tmp_path):
+    runs = str(tmp_path / "runs-cache")
+    headline = [{"method": m, "seed": s} for s in SEEDS for m in ("mae", "naive", "mixedae")]
+    assert run_campaign("smoke", SEEDS, tmp_path, runs, plan=headline, progress=False, workers=2)["complete"]
+    with pytest.raises(CampaignIncomplete, match="rendered 00_tour, 01_naive_mixing_vs_mae, 05_attention_maps"):
+        run_notebooks("smoke", tmp_path, runs_root=runs, budget_s=0, progress=False)
+    rendered = {p.stem for p in (tmp_path / "notebooks" / "smoke").glob("*.ipynb")}
+    assert rendered == {"00_tour", "01_naive_mixing_vs_mae", "05_attention_maps"}
+    waiting = json.loads((tmp_path / "tables" / "smoke" / "missing_runs.json").read_text())
+    assert list(waiting) == ["02_mutual_information", "03_choice_of_k", "04_compose_vs_full"]
+    suite = Suite("smoke", progress=False, out_dir=str(tmp_path), runs_root=runs)
+    assert sorted(waiting["02_mutual_information"]) == sorted(
+        suite.record_path(method=m, group_by="class", seed=0).name for m in ("naive", "mixedae"))
+    assert "Incomplete: " in "".join(_missing_line(tmp_path, "smoke"))
 
 
 def test_planned_runs_cover_every_method_seed_and_the_ablations():
@@ -296,3 +316,13 @@ def test_per_seed_pairs_values_by_seed():
     assert per_seed(table, "score", method="a", layout="x").tolist() == [0.0, 0.2]
     assert per_seed(table, "score", method="b").tolist() == [1.0, 1.2]
     assert per_seed(table, "seed").tolist() == [0, 0, 1, 2, 2]
+
+
+def test_a_budgeted_campaign_judges_what_can_still_start_by_its_typical_runs_not_the_one_that_trained_the_control():
+    suite = Suite("long", progress=False)
+    one_off = lambda e: records_control(suite.config(method=e["method"], seed=e["seed"]), suite.eval_config)  # noqa
+    finished = [{"method": "mae", "seed": 0, "seconds": 4000}, {"method": "mae", "seed": 1, "seconds": 1100},
+                {"method": "naive", "seed": 0, "seconds": 1200}]
+    assert one_off(finished[0]) and not one_off(finished[2])
+    assert latest_start(7000, finished, one_off) == 7000 - 1200
+    assert latest_start(7000, finished[:1], one_off) is None and latest_start(None, finished, one_off) is None

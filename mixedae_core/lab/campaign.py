@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from ..runfiles import CHECKPOINT, run_finished
 from .experiments import drawn_runs, planned_runs
-from .runs import run_dir_for, runs_root
+from .runs import records_control, run_dir_for, runs_root
 from .suite import Suite
 
 
@@ -127,8 +127,17 @@ class _Workers:
                 p.join()
 
 
-def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: Path, bar):
-    """Read the workers' results until the last one has exited; at the deadline, stop them."""
+def latest_start(deadline: float | None, finished: list[dict], one_off) -> float | None:
+    """The last moment a run can start and be expected to finish by `deadline`: the deadline minus the longest
+    finished run (its "seconds"), leaving out runs that also computed something one-off (`one_off(run)`: the
+    positive control, several pre-trainings long); None without a deadline or such a run."""
+    typical = [e["seconds"] for e in finished if not one_off(e)]
+    return deadline - max(typical) if deadline is not None and typical else None
+
+
+def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: Path, bar, one_off):
+    """Read the workers' results until the last one has exited; at the deadline, stop them. `one_off(run)`: the
+    run also computes something no other run does (the positive control)."""
     while True:
         alive = workers.alive()
         if deadline is not None and time.time() > deadline:
@@ -144,9 +153,9 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
             return
         outcome[status].append({**overrides, "run": name, "seconds": seconds})
         bar.update(1)
-        if status in ("trained", "resumed") and deadline is not None:  # do not start what cannot finish
-            longest = max(e["seconds"] for e in outcome["trained"] + outcome["resumed"])
-            workers.start_by.value = min(workers.start_by.value, deadline - longest)
+        latest = latest_start(deadline, outcome["trained"] + outcome["resumed"], one_off)
+        if status in ("trained", "resumed") and latest is not None:  # do not start what cannot finish
+            workers.start_by.value = min(workers.start_by.value, latest)
         if status == "failed":
             print(f"run {overrides} failed; the end of {logs / (name + '.log')}:\n{_tail(logs / (name + '.log'))}",
                   file=sys.stderr, flush=True)
@@ -186,7 +195,9 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
     bar = tqdm(total=len(pending), unit="run", desc=f"campaign {suite.name}", disable=not progress)
     interrupted = True
     try:
-        _collect(pool, outcome, deadline, grace_s, logs, bar)
+        _collect(pool, outcome, deadline, grace_s, logs, bar,
+                 lambda o: records_control(suite.config(**{k: v for k, v in o.items() if k not in ("run", "seconds")}),
+                                           suite.eval_config))
         interrupted = False
     finally:  # also on Ctrl-C and SIGTERM: one grace period for all workers, then kill; the log is written
         if main_thread:

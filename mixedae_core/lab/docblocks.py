@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..config import PRESETS
 from .provenance import REPO
 
 DOCS = ("README.md", "docs/METHOD.md")
@@ -67,37 +68,46 @@ def bench_ratios(results: Path) -> dict[str, dict]:
 
 
 # ------------------------------------------------------------------------------------------ blocks
+def headline_preset(results: Path) -> str:
+    """The first preset (in PRESETS' order: the headline first) whose notebook 01 has run: the README's headline."""
+    ready = [p for p in PRESETS if PRESETS[p].committed and (results / "tables" / p / "01_transfer.csv").exists()]
+    if not ready:
+        raise DocBlockError(f"no preset's notebook 01 has run in {results}: the headline has no table to quote")
+    return ready[0]
+
+
 def headline(results: Path) -> str:
-    """README: transfer, recognition and step cost of the three methods on the cpu preset."""
-    cpu = "results/tables/cpu"
-    transfer, meta = read_table(results / "tables/cpu/01_transfer.csv")
-    baselines = read_table(results / "tables/cpu/01_baselines.csv")[0].set_index("baseline")
-    designs = read_table(results / "tables/cpu/03_recognition_designs.csv")[0]
+    """README: transfer, recognition and step cost of the three methods on the headline preset."""
+    preset = headline_preset(results)
+    tables, linked = results / "tables" / preset, f"results/tables/{preset}"  # read here, linked from the root
+    transfer, meta = read_table(tables / "01_transfer.csv")
+    baselines = read_table(tables / "01_baselines.csv")[0].set_index("baseline")
     by_method = {m: transfer[transfer["method"] == m] for m in METHODS}
-    # the headline's own MixedAE runs, whose recognition notebook 03 tabulates beside the other designs
-    recognition = designs[designs["run"].isin(by_method["mixedae"]["run"])]
     # the evaluation recipe the records were scored with, read from a record rather than from today's preset
-    recipe = json.loads((results / "runs/cpu" / transfer["run"].iloc[0] / "eval.json").read_text())["eval"]
+    recipe = json.loads((results / "runs" / preset / transfer["run"].iloc[0] / "eval.json").read_text())["eval"]
     seeds = ", ".join(str(s) for s in sorted(transfer["seed"].unique()))
-    rows = [f"| `cpu` preset, mean ± std over seeds {seeds} | MAE | naive mixing | MixedAE | random init "
+    rows = [f"| `{preset}` preset, mean ± std over seeds {seeds} | MAE | naive mixing | MixedAE | random init "
             "| raw pixels |", "|---|---|---|---|---|---|"]
     for column, label in (("knn_cls", "kNN [CLS], %"), ("probe_cls", "linear probe [CLS], %")):
         pixels = "knn_pixels" if column == "knn_cls" else "probe_pixels"
         rows.append(f"| {label} | " + " | ".join(pct(by_method[m][column]) for m in METHODS)
                     + f" | {100 * baselines.loc['random_init', column]:.1f}"
                     f" | {100 * baselines.loc['raw_pixels', pixels]:.1f} |")
-    acc = recognition["topk_acc"]
-    rows.append(f"| TopK accuracy, mean over layers (chance {recognition['topk_acc_chance'].iloc[0]:.3f}) "
-                f"| – | – | {acc.mean():.3f} ± {acc.std():.3f} | – | – |")
+    sources = ["01_transfer.csv", "01_baselines.csv"]
+    designs_path = tables / "03_recognition_designs.csv"
+    if designs_path.exists():  # the headline's own MixedAE runs, which notebook 03 tabulates beside other designs
+        designs = read_table(designs_path)[0]
+        acc = designs[designs["run"].isin(by_method["mixedae"]["run"])]["topk_acc"]
+        rows.append(f"| TopK accuracy, mean over layers (chance {designs['topk_acc_chance'].iloc[0]:.3f}) "
+                    f"| – | – | {acc.mean():.3f} ± {acc.std():.3f} | – | – |")
+        sources.append("03_recognition_designs.csv")
     for device, r in bench_ratios(results).items():
         rows.append(f"| training step, × MAE's ({device}, {r['dtype']}, commit {r['commit']}) | 1.00 "
                     f"| {r['naive']:.2f} | {r['mixedae']:.2f} (full mixing {r['mixedae_full']:.2f}) | – | – |")
-    sources = ", ".join(link(f"{cpu}/{name}") for name in
-                        ("01_transfer.csv", "01_baselines.csv", "03_recognition_designs.csv"))
-    return (f"From {sources} (commit {meta['commit']}) and {link('results/tables/bench.csv')}. kNN and linear "
-            f"probe on the frozen encoder, {recipe['train_subset']} training and {recipe['test_subset']} test "
-            f"images. Each claim with its p-value and verdict: {link('results/README.md')}.\n\n"
-            + "\n".join(rows))
+    recipe_text = (f"{recipe['train_subset'] or 'all'} training and {recipe['test_subset'] or 'all'} test images")
+    return (f"From {', '.join(link(f'{linked}/{name}') for name in sources)} (commit {meta['commit']}) and "
+            f"{link('results/tables/bench.csv')}. kNN and linear probe on the frozen encoder, {recipe_text}. "
+            f"Each claim with its p-value and verdict: {link('results/README.md')}.\n\n" + "\n".join(rows))
 
 
 def reproduce_time(results: Path) -> str:

@@ -10,10 +10,15 @@ from ..runfiles import read_metrics
 from ..objects import TRIVIAL_MAPS
 from .claims import claim, mean_std, measure_check, per_seed, reported, unvalidated
 from .experiments import ABLATIONS, RECOGNITION_DESIGNS
-from .suite import Suite
+from .suite import INIT_SCORES, Suite
 from .timing import TimedStep, alternated_step_times
 
 METHOD_LABELS = {"mae": "MAE", "naive": "naive", "mixedae": "MixedAE"}
+
+
+def final_topk_layers(steps: pd.DataFrame) -> list | None:
+    """TopK accuracy per homologous layer at a run's last logged step (`Suite.metrics`); None without TopK."""
+    return steps.iloc[-1]["topk_acc_layers"] if "topk_acc_layers" in steps else None
 
 
 def recognition_notes(rows: pd.DataFrame) -> list[str]:
@@ -55,29 +60,26 @@ def learning_curves(suite: Suite, rows: pd.DataFrame) -> pd.DataFrame:
     points = []
     for _, r in rows.iterrows():
         run = {"method": r["method"], "seed": r["seed"]}
-        init = suite.baselines(**run).set_index("baseline").loc["random_init"]
-        points.append({**run, "epochs": 0, **{k: init[k] for k in ("knn_cls", "knn_mean", "probe_cls")}})
+        points.append({**run, "epochs": 0, **{k: r[f"init_{k}"] for k in INIT_SCORES}})
         metrics = read_metrics(suite.record(**run))
         topk = {m["step"]: m.get("topk_acc") for m in metrics if m["kind"] == "step"}
-        points += [{**run, "epochs": m["epoch"] + 1, **{k: m[k] for k in ("knn_cls", "knn_mean", "probe_cls")},
+        points += [{**run, "epochs": m["epoch"] + 1, **{k: m[k] for k in INIT_SCORES},
                     "content_ratio": content_ratio(m), "topk_acc": topk.get(m["step"])}
                    for m in metrics if m["kind"] == "curve"]
         last_topk = next((v for v in reversed(topk.values()) if v is not None), None)
-        points.append({**run, "epochs": r["epochs_run"], **{k: r[k] for k in ("knn_cls", "knn_mean", "probe_cls",
-                                                                              "content_ratio")}, "topk_acc": last_topk})
+        points.append({**run, "epochs": r["epochs_run"], **{k: r[k] for k in (*INIT_SCORES, "content_ratio")},
+                       "topk_acc": last_topk})
     return pd.DataFrame(points, columns=["method", "seed", "epochs", *CURVE_METRICS])
 
 
-def readiness_notes(rows: pd.DataFrame, baselines: pd.DataFrame) -> list[str]:
+def readiness_notes(rows: pd.DataFrame) -> list[str]:
     """Whether every run uses its input (content ratio <= USES_INPUT_RATIO) and has learned features (kNN [CLS]
-    and mean-pooled >= random init + LEARNED_POINTS): below either, method differences say little."""
-    random_init = baselines.set_index("baseline").loc["random_init"]
-    gain = {k: 100 * (rows[k] - random_init[k]) for k in ("knn_cls", "knn_mean")}
-    ready = (rows["content_ratio"] <= USES_INPUT_RATIO) & (gain["knn_cls"] >= LEARNED_POINTS) & \
-        (gain["knn_mean"] >= LEARNED_POINTS)
+    and mean-pooled >= its seed's random init + LEARNED_POINTS): below either, method differences say little."""
+    gain = pd.DataFrame({k: 100 * (rows[k] - rows[f"init_{k}"]) for k in ("knn_cls", "knn_mean")})
+    ready = (rows["content_ratio"] <= USES_INPUT_RATIO) & (gain >= LEARNED_POINTS).all(axis=1)
     lines = [f"  - {r['method']} seed {r['seed']}: content ratio {r['content_ratio']:.3f}, kNN [CLS] "
-             f"{gain['knn_cls'][i]:+.1f} and mean-pooled {gain['knn_mean'][i]:+.1f} points over the random init"
-             + ("" if ready[i] else " — **below the bar**") for i, r in rows.iterrows()]
+             f"{gain.loc[i, 'knn_cls']:+.1f} and mean-pooled {gain.loc[i, 'knn_mean']:+.1f} points over its random "
+             "init" + ("" if ready.loc[i] else " — **below the bar**") for i, r in rows.iterrows()]
     verdict = "every run passes" if ready.all() else f"{(~ready).sum()} of {len(rows)} runs do not"
     return [f"Do the models use their input and learn features (content ratio ≤ {USES_INPUT_RATIO}, kNN ≥ random "
             f"init + {LEARNED_POINTS} points on [CLS] and mean-pooled)? {verdict}:", *lines]
@@ -100,7 +102,7 @@ def transfer_notes(rows: pd.DataFrame, baselines: pd.DataFrame, claims: list[dic
     if knn_spread is not None and largest < 2 * knn_spread:
         notes.append("The method gaps are within two of the headline kNN's seed spreads: at this scale the experiment "
                      "does not separate the three methods, whatever the sign of the means.")
-    return notes + readiness_notes(rows, baselines) + recognition_notes(rows)
+    return notes + readiness_notes(rows) + recognition_notes(rows)
 
 
 # ------------------------------------------------------------------ 02: the mutual-information argument
@@ -188,10 +190,10 @@ def recognition_designs(suite: Suite) -> tuple[pd.DataFrame, pd.DataFrame]:
                 continue
             refs = suite.config(**run).recognition_references
             steps = suite.metrics(**run)
-            last = steps.iloc[-1]
-            rows.append({"design": name, **suite.row(**run), "topk_acc": float(np.mean(last["topk_acc_layers"])),
-                         **{f"topk_acc_layer{i}": a for i, a in enumerate(last["topk_acc_layers"])},
-                         "loss_hc_last": last["loss_hc"], "loss_hc_chance": refs["loss_hc_chance"],
+            layers = final_topk_layers(steps)
+            rows.append({"design": name, **suite.row(**run), "topk_acc": float(np.mean(layers)),
+                         **{f"topk_acc_layer{i}": a for i, a in enumerate(layers)},
+                         "loss_hc_last": steps.iloc[-1]["loss_hc"], "loss_hc_chance": refs["loss_hc_chance"],
                          "loss_hc_perfect": refs["loss_hc_perfect"], "topk_acc_chance": refs["topk_acc_chance"]})
             curves += [{"design": name, "seed": run["seed"], "step": r["step"], "layer": layer, "topk_acc": acc,
                         "loss_hc": r["loss_hc"], **refs}
@@ -233,7 +235,7 @@ def ablation_table(suite: Suite) -> pd.DataFrame:
     rows = []
     for name, run in named.items():
         config, steps = suite.config(**run), suite.metrics(**run, seed=seed)
-        layers = steps.iloc[-1].get("topk_acc_layers") if "topk_acc_layers" in steps else None
+        layers = final_topk_layers(steps)
         row = suite.row(**run, seed=seed)
         if config.homologous_loss is None:  # logged as 0, which would read as perfect recognition
             row["loss_hc"] = np.nan

@@ -33,8 +33,9 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
                   runs_root: str | None = None, progress: bool = True, workers: int = 1,
                   budget_s: float | None = None, dataset: str | None = None) -> dict:
     """The campaign (unless `only` picks notebooks), then the notebooks, on `dataset` (None: the preset's);
-    returns {notebook: wall seconds}. `extra` adds parameters to every notebook."""
-    import papermill  # seconds to import, and only running the notebooks needs it
+    returns {notebook: wall seconds}. `extra` adds parameters to every notebook. A campaign that stops at its
+    budget renders the notebooks whose runs are all recorded, writes what the others wait for
+    (tables/<name>/missing_runs.json, shown in results/README.md) and raises CampaignIncomplete."""
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out_dir).resolve()
@@ -44,22 +45,62 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
         raise ValueError(f"--only: no notebook starts with {', '.join(unmatched)}; "
                          f"the notebooks are {', '.join(NOTEBOOKS)}")
     names = [n for n in NOTEBOOKS if not only or any(n.startswith(o) for o in only)]
-    if not only:
-        result = run_campaign(preset, None, out, runs_root, device, workers, budget_s, progress=progress,
-                              dataset=dataset)
-        if not result["complete"]:
-            raise CampaignIncomplete(
-                f"{len(result['failed'])} run(s) failed, {len(result['left'])} "
-                f"still pending after the budget: the notebooks were not run. Run the same command again to "
-                f"continue (finished runs are recorded in {suite.records}).")
+    result = None if only else run_campaign(preset, None, out, runs_root, device, workers, budget_s,
+                                            progress=progress, dataset=dataset)
+    waiting = {} if result is None or result["complete"] else missing_runs(suite, names)
+    if result is not None:  # --only says nothing of the notebooks it leaves out
+        write_missing(out / "tables" / suite.name, waiting)
+    timings = execute(suite, [n for n in names if n not in waiting], out, device, runs_root, dataset, extra, progress)
+    # results/README.md shows the presets on their own data; the smoke check's tables and figures are git-ignored
+    if suite.name == preset and PRESETS[preset].committed:
+        write_readme(out)
+    if out == (REPO / "results").resolve():  # the docs quote the repository's own tables, not another folder's
+        write_docs(REPO, out)
+    if result is not None and not result["complete"]:
+        raise CampaignIncomplete(
+            f"{len(result['failed'])} run(s) failed, {len(result['left'])} still pending after the budget: "
+            + (f"rendered {', '.join(timings)}; " if timings else "")
+            + (f"{', '.join(waiting)} wait for their runs. " if waiting else "")
+            + f"Run the same command again to continue (finished runs are recorded in {suite.records}).")
+    return timings
+
+
+def missing_runs(suite: Suite, names: list[str]) -> dict[str, list[str]]:
+    """{notebook: the runs it still needs}, for the notebooks among `names` that lack a record (named by the record),
+    or the checkpoint of a model they draw (named '<record> (checkpoint)')."""
+    waiting = {}
+    for name in names:
+        nb = Suite(suite.preset, suite.seeds, suite.device, str(suite.out), notebook=name, runs_root=suite.runs_root,
+                   dataset=suite.dataset, progress=False)
+        missing = [nb.record_path(**r).name for r in nb.runs() if not nb.has_record(**r)]
+        missing += [f"{nb.record_path(**r).name} (checkpoint)" for r in nb.drawn() if not nb.has_run(**r)]
+        if missing:
+            waiting[name] = sorted(set(missing))
+    return waiting
+
+
+def write_missing(tables: Path, waiting: dict[str, list[str]]):
+    """tables/<name>/missing_runs.json while notebooks wait for runs; removed once none does."""
+    path = tables / "missing_runs.json"
+    if waiting:
+        tables.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(waiting, indent=1))
+    elif path.exists():
+        path.unlink()
+
+
+def execute(suite: Suite, names: list[str], out: Path, device: str, runs_root, dataset, extra, progress) -> dict:
+    """Each notebook of `names` through papermill into notebooks/<suite name>/; {notebook: wall seconds}, also
+    merged into tables/<suite name>/reproduce_log.json."""
+    import papermill  # seconds to import, and only running the notebooks needs it
     executed = out / "notebooks" / suite.name
     executed.mkdir(parents=True, exist_ok=True)
     timings = {}
     for name in names:
         path = NOTEBOOK_DIR / f"{name}.ipynb"
-        params = {"preset": preset, "seeds": list(PRESETS[preset].seeds), "device": device, "out_dir": str(out),
-                  **({"runs_root": runs_root} if runs_root else {}), **({"dataset": dataset} if dataset else {}),
-                  **(extra or {})}
+        params = {"preset": suite.preset, "seeds": list(PRESETS[suite.preset].seeds), "device": device,
+                  "out_dir": str(out), **({"runs_root": runs_root} if runs_root else {}),
+                  **({"dataset": dataset} if dataset else {}), **(extra or {})}
         unknown = set(params) - notebook_parameters(path)
         if unknown:
             raise ValueError(f"notebook {name} has no parameter(s) {', '.join(sorted(unknown))}; "
@@ -73,11 +114,6 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
     previous = json.loads(log.read_text()) if log.exists() else {}
     log.parent.mkdir(parents=True, exist_ok=True)
     log.write_text(json.dumps({**previous, **timings}, indent=1))
-    # results/README.md shows the presets on their own data; the smoke check's tables and figures are git-ignored
-    if suite.name == preset and PRESETS[preset].committed:
-        write_readme(out)
-    if out == (REPO / "results").resolve():  # the docs quote the repository's own tables, not another folder's
-        write_docs(REPO, out)
     return timings
 
 
@@ -116,10 +152,24 @@ def _training_line(out: Path, preset: str) -> tuple[str, float]:
             f"({'; '.join(where)})."), minutes
 
 
+def _missing_line(out: Path, preset: str) -> list[str]:
+    """What the preset's notebooks still wait for (reproduce.missing_runs), or nothing."""
+    path = out / "tables" / preset / "missing_runs.json"
+    if not path.exists():
+        return []
+    waiting = json.loads(path.read_text())
+    runs = {r for names in waiting.values() for r in names}
+    return [f"**Incomplete: {len(runs)} run(s) not recorded or trained yet**, so notebooks {', '.join(waiting)} have not been "
+            f"rendered (the claims below are the other notebooks'). `make reproduce PRESET={preset} BUDGET=<seconds>` "
+            f"continues the campaign; [tables/{preset}/missing_runs.json](tables/{preset}/missing_runs.json) lists "
+            "the runs.", ""]
+
+
 def _claims_section(out: Path, preset: str) -> list[str]:
     tables = sorted((out / "tables" / preset).glob("claims_*.csv"))
     if not tables:
-        return []
+        missing = _missing_line(out, preset)
+        return [f"## {PRESETS[preset].title}", ""] + missing if missing else []
     lines = ["| notebook | claim | measured (mean ± std over seeds) | seeds | p (paired t) | p (Holm) | floor or baseline | verdict |",
              "|---|---|---|---|---|---|---|---|"]
     metas, verdicts = [], []
@@ -144,7 +194,7 @@ def _claims_section(out: Path, preset: str) -> list[str]:
             f"wall time of the notebooks: {total / 60:.1f} min "
             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).{training}"
             + (f" In all: {training_minutes + total / 60:.1f} min." if training else ""), ""]
-    head += [headline(verdicts) + " Each notebook discusses its numbers.", ""]
+    head += _missing_line(out, preset) + [headline(verdicts) + " Each notebook discusses its numbers.", ""]
     return head + lines + [""]
 
 
@@ -182,8 +232,8 @@ def write_readme(out: Path):
              "(commit, preset, device, seeds, date, wall time).", ""]
     if not any((out / "tables" / "gpu").glob("claims_*.csv")):
         lines += ["**No GPU results yet.** The GPU suite (`scripts/gpu_suite.sh`, `make reproduce PRESET=gpu`) has "
-                  "not run on a GPU; the CPU table below demonstrates the pipeline and is no evidence for or "
-                  "against the paper.", ""]
+                  "not run on a GPU; the CPU tables below come from small models trained for minutes to hours of a "
+                  "2-core CPU: each section says what its numbers can show.", ""]
     for preset in presets:
         section = _claims_section(out, preset)
         if section:

@@ -92,9 +92,10 @@ def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: boo
     """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines, since
     every run of a comparison shares them, and the positive control where `records_control`."""
     result = computed_once(baselines_path(config, ec, root), lambda: baseline_scores(config, ec, device, progress))
+    earlier = result.pop(CONTROL, None)  # baselines cached before the control had its own entry held it
     if records_control(config, ec):
         result[CONTROL] = computed_once(baselines_path(config, ec, root, "control-"),
-                                        lambda: supervised_control(config, ec, device, progress))
+                                        lambda: earlier or supervised_control(config, ec, device, progress))
     return result
 
 

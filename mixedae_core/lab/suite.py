@@ -29,6 +29,9 @@ SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou", "objec
           "dose_floor", "dose_sensitivity", "dose_pred_change")
 
 
+INIT_SCORES = ("knn_cls", "knn_mean", "probe_cls")  # the random init's scores a row carries beside the run's
+
+
 @dataclass
 class Suite:
     """One notebook's view of the experiment: its preset, seeds, device, output folder and dataset."""
@@ -136,7 +139,8 @@ class Suite:
         return json.loads((self.record(**overrides) / "eval.json").read_text())
 
     def row(self, **overrides) -> dict:
-        """One flat row of a run (from its record): its switches, scores, final losses and cost."""
+        """One flat row of a run (from its record): its switches, scores (and its seed's random init's, init_*),
+        final losses and cost."""
         record = self.record(**overrides)
         result = json.loads((record / "eval.json").read_text())
         summary = json.loads((record / "summary.json").read_text())
@@ -145,6 +149,7 @@ class Suite:
         return {"method": config["method"], "seed": config["seed"], **overrides,
                 **{k: result["scores"]["encoder"][k] for k in SCORES},
                 "content_ratio": content_ratio(result["scores"]["encoder"]), "epochs_run": summary["epochs_run"],
+                **{f"init_{k}": result["scores"].get("random_init", {}).get(k) for k in INIT_SCORES},
                 "loss_rec": final.get("loss_rec"), "loss_hc": final.get("loss_hc"),
                 "train_seconds": summary["train_seconds"], "img_per_s": summary["img_per_s"],
                 "steps": summary["steps"], "run": record.name,
