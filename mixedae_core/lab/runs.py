@@ -82,7 +82,7 @@ def computed_once(path: Path, compute) -> dict:
 
 def records_control(config: Config, ec: EvalConfig) -> bool:
     """Whether `config`'s record carries the supervised positive control: the MAE run of the control seed, where
-    the notebooks read every baseline (Suite.reference), on data with object masks. Only that run waits the
+    the notebooks read every baseline (Suite.reference), on data with object masks. Only that run waits for the
     control's training (several pre-trainings long); the other runs of its seed do not."""
     return bool(ec.control_epochs) and config.seed == ec.control_seed and config.method == "mae" and \
         has_object_masks(config.dataset)
