@@ -118,6 +118,8 @@ class _Workers:
 
     def join(self, grace_s: float):
         self.terminate()
+        for _ in self.procs:  # a run finished at its last step despite SIGTERM: its worker waits for a task
+            self.tasks.put(None)  # (not in terminate(): a signal handler must not take the queue's lock)
         end = time.time() + grace_s
         for p in self.procs:
             p.join(max(0.0, end - time.time()))

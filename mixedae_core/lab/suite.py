@@ -131,8 +131,8 @@ class Suite:
     def knn_spread(self) -> float | None:
         """The headline comparison's seed spread: the largest std over seeds of kNN [CLS] (points) among the
         methods; None with fewer than 2 seeds or while a headline record is missing."""
-        headline = self.headline_scores()
-        if len(self.seeds) < 2 or headline is None:
+        headline = self.headline_scores() if len(self.seeds) >= 2 else None
+        if headline is None:
             return None
         return max(100 * np.std([s["knn_cls"] for s in scores], ddof=1) for scores in headline.values())
 
