@@ -10,7 +10,7 @@ import dataclasses
 import torch
 import torch.nn.functional as F
 from timm.layers import resample_abs_pos_embed
-from timm.models.vision_transformer import VisionTransformer
+from timm.models.vision_transformer import Attention, VisionTransformer
 from tqdm.auto import tqdm
 
 from .config import Config, EvalConfig, ModelConfig
@@ -308,9 +308,12 @@ def dependence_scores(model: MaskedAutoencoderViT, anchors: torch.Tensor, neighb
 # ------------------------------------------------------------------------------------------ fine-tuning
 def train_classifier(model: MaskedAutoencoderViT, train: TensorDataset, epochs: int = 10, batch_size: int = 256,
                      blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, precision: str = "bf16",
-                     augment: bool = True, progress: bool = False) -> VisionTransformer:
+                     augment: bool = True, progress: bool = False, cls_targets: torch.Tensor | None = None,
+                     cls_target_weight: float = 0.0) -> VisionTransformer:
     """The encoder as a timm ViT (`timm_encoder`) with a linear head on [CLS], trained end to end with labels:
-    AdamW with one warm-up epoch + cosine, RandomResizedCrop + flip when `augment`. Returns the ViT (eval mode)."""
+    AdamW with one warm-up epoch + cosine, RandomResizedCrop + flip when `augment`. With `cls_targets` ([N, patches],
+    each row a distribution over the patches of image N), `cls_target_weight` times the cross-entropy from them to
+    the last block's head-averaged [CLS] attention is added to the loss. Returns the ViT (eval mode)."""
     device = next(model.parameters()).device
     vit = timm_encoder(model)
     vit.reset_classifier(train.num_classes)
@@ -318,8 +321,12 @@ def train_classifier(model: MaskedAutoencoderViT, train: TensorDataset, epochs: 
     steps_per_epoch = len(train) // batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train)} training images give no full batch of {batch_size}")
+    if cls_targets is not None and augment:
+        raise ValueError("cls_targets are per patch of the images as given: they do not follow random crops")
     lrs = lr_schedule(blr * batch_size / 256, 0.0, epochs * steps_per_epoch, steps_per_epoch)
     opt = make_optimizer(vit, float(lrs[0]), weight_decay, betas=(0.9, 0.999))
+    last_attention_input = []
+    hook = vit.blocks[-1].attn.register_forward_hook(lambda _m, args, _out: last_attention_input.append(args[0]))
     g = torch.Generator(device).manual_seed(seed)
     step = 0
     for _ in tqdm(range(epochs), disable=not progress, desc="supervised training"):
@@ -331,13 +338,29 @@ def train_classifier(model: MaskedAutoencoderViT, train: TensorDataset, epochs: 
                 x = random_resized_crop_flip(x, model.config.img_size, g)
             for group in opt.param_groups:
                 group["lr"] = float(lrs[step])
+            last_attention_input.clear()
             with autocast(device, precision):
                 loss = F.cross_entropy(vit(x), train.labels[idx].to(device))
+                if cls_targets is not None:
+                    attention = cls_attention(vit.blocks[-1].attn, last_attention_input[0])[:, 1:]
+                    target = cls_targets[idx.to(cls_targets.device)].to(device)
+                    loss = loss - cls_target_weight * (target * attention.clamp_min(1e-8).log()).sum(1).mean()
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
+    hook.remove()
     return vit.eval()
+
+
+def cls_attention(attn: Attention, x: torch.Tensor) -> torch.Tensor:
+    """The head-averaged attention [B, T] of the first token ([CLS]) of `x` (the input of timm's `attn`) over all
+    tokens, as `attn` computes it, with its gradient (timm's fused attention returns no probabilities)."""
+    B, T, _ = x.shape
+    q, k, _ = attn.qkv(x).reshape(B, T, 3, attn.num_heads, attn.head_dim).permute(2, 0, 3, 1, 4)
+    q, k = attn.q_norm(q), attn.k_norm(k)
+    logits = (q[:, :, :1] * attn.scale) @ k.transpose(-2, -1)
+    return logits.float().softmax(-1).mean(1).squeeze(1)
 
 
 @torch.no_grad()
@@ -484,18 +507,28 @@ def random_init_encoder(config: Config, device) -> MaskedAutoencoderViT:
 
 
 CONTROL = "supervised ViT (positive control)"
+# 1: labels only, whose last-block [CLS] map did not beat the intensity map on cluttered images (docs/METHOD.md §8);
+# 2: labels, and that map trained onto the object
+CONTROL_VERSION = 2
+CONTROL_MAP_WEIGHT = 1.0
 
 
-def supervised_control(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
-    """The object-awareness measure's positive control: the shared-init encoder trained with labels, for
-    `ec.control_epochs`, on the training images made `cluttered` (their own clutter, drawn from another seed
-    than the test's), so that its [CLS] must find the object among fragments to name it. Scored as an encoder
-    is: {score_name(variant): IoU, 'accuracy_cluttered': its top-1 on the cluttered test images}."""
+def supervised_control(config: Config, ec: EvalConfig, device, progress: bool = False,
+                       map_weight: float = CONTROL_MAP_WEIGHT) -> dict:
+    """The object-awareness measure's positive control: the shared-init encoder trained, for `ec.control_epochs`,
+    on the training images made `cluttered` (their own clutter, drawn from another seed than the test's), with
+    labels and, weighted by `map_weight` (0: labels only), the cross-entropy from each image's object (its share of
+    every patch's pixels) to its last-block [CLS] attention: a model that attends to the object because it was
+    taught to, through the same weights, export and attention path the models' maps are read from. Scored as an
+    encoder is: {score_name(variant): IoU, 'accuracy_cluttered': its top-1 on the cluttered test images}."""
     train, test = dataset_of(config, "train"), eval_splits(config, ec)[1]
-    train = dataclasses.replace(train, images=cluttered(train.images, torch.Generator().manual_seed(6))[0])
+    images, masks = cluttered(train.images, torch.Generator().manual_seed(6))
+    train = dataclasses.replace(train, images=images)
+    share = F.avg_pool2d(masks.float().unsqueeze(1), config.patch_size).flatten(1)
     model = random_init_encoder(config, device)
     vit = train_classifier(model, train.to(device), ec.control_epochs, config.batch_size, seed=config.seed,
-                           precision=config.precision, augment=False, progress=progress)
+                           precision=config.precision, augment=False, progress=progress,
+                           cls_targets=share / share.sum(1, keepdim=True).clamp_min(1e-8), cls_target_weight=map_weight)
     model.load_state_dict({k: v for k, v in vit.state_dict().items() if k.startswith(ENCODER_PREFIXES)}, strict=False)
     test_cluttered = dataclasses.replace(test, images=object_variants(test.images, config.patch_size)["cluttered"][0])
     return {**object_scores(model.eval(), test, ec), "accuracy_cluttered": classifier_accuracy(vit, test_cluttered)}

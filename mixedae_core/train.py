@@ -405,7 +405,7 @@ def train_locked(c: Config, run_dir: Path, ckpt: dict | None, resume: bool, batc
                           recognition_warnings(c, values["loss_hc"], values.get("topk_acc_layers")))
                 state["epoch_sums"] = None
                 if probe and rank == 0:  # before the epoch's checkpoint: a run stopped while probing probes again
-                    log.curve(step, epoch, probe_model(probe, model, step // spe + 1))
+                    log.curve(step, epoch, probe_model(probe, model, epoch + 1))
                     log.window = (time.perf_counter(), state["images"])  # img/s: training only
             signum, timed = agreed((stop.signum, time.monotonic() - saved_at >= 60 * c.checkpoint_minutes),
                                    device, world)

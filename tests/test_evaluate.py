@@ -8,11 +8,12 @@ import torch
 from mixedae_core.lab.cli import main
 from mixedae_core.config import EvalConfig, make_config
 from mixedae_core.data import make_synthetic
-from mixedae_core.lab.runs import baselines_path, evaluate_run, records_control
-from mixedae_core.evaluate import (CONTROL, attention_map, shared_position_loss, finetune, knn_accuracy, linear_probe_accuracy,
-                                   object_awareness)
+from mixedae_core.lab import runs as runs_module
+from mixedae_core.lab.runs import baselines_path, evaluate_run, export_record, record_is_current, records_control
+from mixedae_core.evaluate import (CONTROL, attention_map, eval_splits, shared_position_loss, finetune, knn_accuracy,
+                                   linear_probe_accuracy, object_awareness, supervised_control)
 from mixedae_core.model import build_model
-from mixedae_core.objects import foreground_patches
+from mixedae_core.objects import foreground_patches, map_baseline_scores
 from mixedae_core.train import train
 
 
@@ -167,7 +168,18 @@ def test_runs_share_the_baselines_that_nothing_they_change_can_change(tmp_path):
     assert baselines_path(make_config("smoke"), EvalConfig(batch_size=32), tmp_path) != shared
 
 
-def test_only_the_control_seeds_mae_record_waits_for_the_positive_control(tmp_path):
+def test_the_positive_control_attends_to_the_object_because_it_was_taught_to():
+    """Its map training reaches the map the measure reads (the last block's [CLS] attention, through the export
+    and the encoder's own attention path): without it, labels alone leave that map off the cluttered object."""
+    config = make_config("smoke", method="mae")
+    ec = EvalConfig(batch_size=64, control_epochs=30)
+    taught, labels_only = (supervised_control(config, ec, "cpu", map_weight=w)["object_iou_cluttered"]
+                           for w in (1.0, 0.0))
+    uniform = map_baseline_scores(eval_splits(config, ec)[1].images, config.patch_size)["uniform map"]
+    assert taught > max(labels_only, uniform["object_iou_cluttered"]) + 0.2
+
+
+def test_only_the_control_seeds_mae_record_waits_for_the_positive_control(tmp_path, monkeypatch):
     """The control trains for several pre-trainings' time: the MAE record of the control seed carries it (the
     notebooks read the baselines there), the other methods of that seed are evaluated without waiting for it."""
     ec = EvalConfig(batch_size=64, probe_max_iter=20, control_epochs=1, pretext_images=32)
@@ -181,3 +193,9 @@ def test_only_the_control_seeds_mae_record_waits_for_the_positive_control(tmp_pa
     assert scores["mae"]["random_init"] == scores["naive"]["random_init"]  # one cached entry, shared
     assert not records_control(make_config("smoke", method="mae", seed=1), ec)
     assert not records_control(make_config("smoke", method="mae"), dataclasses.replace(ec, control_epochs=0))
+    # a new design of the control outdates the one record that carries it, not the others of the campaign
+    monkeypatch.setattr(runs_module, "CONTROL_VERSION", runs_module.CONTROL_VERSION + 1)
+    for method in ("naive", "mae"):
+        export_record(tmp_path / method, tmp_path / "records" / method)
+    assert record_is_current(tmp_path / "records" / "naive", ec)
+    assert not record_is_current(tmp_path / "records" / "mae", ec)

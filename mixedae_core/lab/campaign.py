@@ -38,15 +38,14 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, results, start_by):
-    """One process of the campaign: records runs from `tasks` until none is left or `start_by` (a time
-    all workers share) has passed. Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in
-    training at a checkpoint (train() handles it there), lets an evaluation finish, and stops anything
-    else at once."""
-    evaluating = []
+def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, results):
+    """One process of the campaign: records the runs the campaign hands it through `tasks` until it gets None.
+    Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in training at a checkpoint (train()
+    handles it there), lets an evaluation finish, and stops anything else at once."""
+    evaluating, stopping = [], []
 
     def on_sigterm(*_):
-        start_by.value = float("-inf")
+        stopping.append(1)
         if not evaluating:
             raise SystemExit("stopped by SIGTERM before training")
 
@@ -55,10 +54,7 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, resul
     suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, dataset=dataset,
                   progress=False)
     logs = Path(runs_root_dir or runs_root()) / "logs"
-    while True:
-        overrides = tasks.get()
-        if overrides is None or time.time() > start_by.value:
-            return
+    while (overrides := tasks.get()) is not None:
         name, started = suite.record_path(**overrides).name, time.time()
         run_dir = run_dir_for(suite.config(**overrides), runs_root_dir)
         status = "evaluated" if run_finished(run_dir) else "resumed" if (run_dir / CHECKPOINT).exists() else "trained"
@@ -75,40 +71,43 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, resul
                 status = "failed"
             evaluating.clear()
         results.put((overrides, name, status, round(time.time() - started, 1)))
-        if status == "stopped" or start_by.value == float("-inf"):
+        if status == "stopped" or stopping:
             return
 
 
 class _Workers:
-    """The campaign's worker processes, and stopping them: one SIGTERM each (a run in training checkpoints,
-    an evaluation finishes first), then a kill after the grace period."""
+    """The campaign's worker processes, the runs they may still start, and stopping them. The campaign hands a
+    worker its next run only after reading that worker's last result, so a start limit that result moves
+    applies to the very next start. Stopping: one SIGTERM each (a run in training checkpoints, an evaluation
+    finishes first), then a kill after the grace period."""
 
     def __init__(self, suite: Suite, runs_root_dir, device, pending: list[dict], workers: int, start_by: float):
-        self.ctx = mp.get_context("spawn")  # CUDA cannot be used in forked processes
-        self.tasks, self.results = self.ctx.Queue(), self.ctx.Queue()
-        self.start_by = self.ctx.Value("d", start_by)
+        ctx = mp.get_context("spawn")  # CUDA cannot be used in forked processes
+        self.tasks, self.results = ctx.Queue(), ctx.Queue()
+        self.start_by, self.waiting = start_by, list(pending)
         self.procs, self.terminated = [], set()
-        for overrides in pending:
-            self.tasks.put(overrides)
-        if not pending:
-            return
         threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription of the CPU
         old_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ.setdefault("OMP_NUM_THREADS", threads)
         for _ in range(min(workers, len(pending))):
-            self.tasks.put(None)
-            self.procs.append(self.ctx.Process(target=_worker, args=(
+            self.procs.append(ctx.Process(target=_worker, args=(
                 suite.preset, suite.seeds, str(suite.out), runs_root_dir, device, suite.dataset, self.tasks,
-                self.results, self.start_by)))
+                self.results)))
             self.procs[-1].start()
+            self.hand_out()
         if old_threads is None:
             del os.environ["OMP_NUM_THREADS"]
+
+    def hand_out(self):
+        """One idle worker gets the next waiting run if it may still start, else None (it exits)."""
+        start = self.waiting and time.time() <= self.start_by
+        self.tasks.put(self.waiting.pop(0) if start else None)
 
     def alive(self):
         return [p for p in self.procs if p.is_alive()]
 
     def terminate(self, signum=None, frame=None):
-        self.start_by.value = float("-inf")  # no worker starts another run
+        self.start_by = float("-inf")  # no worker starts another run
         for p in self.alive():
             if p.pid not in self.terminated:
                 p.terminate()
@@ -119,6 +118,8 @@ class _Workers:
 
     def join(self, grace_s: float):
         self.terminate()
+        for _ in self.procs:  # a run finished at its last step despite SIGTERM: its worker waits for a task
+            self.tasks.put(None)  # (not in terminate(): a signal handler must not take the queue's lock)
         end = time.time() + grace_s
         for p in self.procs:
             p.join(max(0.0, end - time.time()))
@@ -155,7 +156,9 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
         bar.update(1)
         latest = latest_start(deadline, outcome["trained"] + outcome["resumed"], one_off)
         if status in ("trained", "resumed") and latest is not None:  # do not start what cannot finish
-            workers.start_by.value = min(workers.start_by.value, latest)
+            workers.start_by = min(workers.start_by, latest)
+        if status != "stopped":  # the worker that sent it waits for its next run
+            workers.hand_out()
         if status == "failed":
             print(f"run {overrides} failed; the end of {logs / (name + '.log')}:\n{_tail(logs / (name + '.log'))}",
                   file=sys.stderr, flush=True)

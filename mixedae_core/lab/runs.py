@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..config import PRESETS, Config, EvalConfig, ModelConfig
-from ..evaluate import CONTROL, baseline_scores, evaluate_model, mae_twin, supervised_control
+from ..evaluate import CONTROL, CONTROL_VERSION, baseline_scores, evaluate_model, mae_twin, supervised_control
 from ..objects import has_object_masks
 from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, load_model, read_json, run_finished,
                         write_text_atomic)
@@ -53,18 +53,25 @@ def ensure_run(config: Config, root=None, progress: bool = True, probe=None) -> 
 
 
 # ------------------------------------------------------------------------------------------ evaluation
-def eval_key(ec: EvalConfig) -> dict:
+def recipe_key(ec: EvalConfig) -> dict:
     return {"eval_version": EVAL_VERSION, **dataclasses.asdict(ec)}
 
 
+def eval_key(config: Config, ec: EvalConfig) -> dict:
+    """What the evaluation of `config`'s run computed: the recipe, and the positive control's design where its
+    record carries the control (a new design re-evaluates that record only)."""
+    key = recipe_key(ec)
+    return {**key, "control_version": CONTROL_VERSION} if records_control(config, ec) else key
+
+
 def baselines_path(config: Config, ec: EvalConfig, root, kind: str = "") -> Path:
-    """Where the baselines (kind "control-": the positive control) of `config`'s (sizes, data, seed, recipe) are
+    """Where the baselines (kind "control-v<CONTROL_VERSION>-": the positive control) of `config`'s (sizes, data, seed, recipe) are
     cached under `root`/baselines."""
     depends_on = {f.name for f in dataclasses.fields(ModelConfig)} | {"dataset", "synthetic_size", "seed", "device",
                                                                       "precision"}
     # the baselines never mix (the random init is scored without pretext measurements): every ratio shares them
     twin = dataclasses.replace(mae_twin(config), mix_ratio=ModelConfig.mix_ratio)
-    key = run_key(twin, EVAL_VERSION + json.dumps(eval_key(ec)), fields=depends_on)
+    key = run_key(twin, EVAL_VERSION + json.dumps(recipe_key(ec)), fields=depends_on)
     return Path(root) / "baselines" / f"{kind}{key}.json"
 
 
@@ -92,10 +99,10 @@ def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: boo
     """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines, since
     every run of a comparison shares them, and the positive control where `records_control`."""
     result = computed_once(baselines_path(config, ec, root), lambda: baseline_scores(config, ec, device, progress))
-    earlier = result.pop(CONTROL, None)  # baselines cached before the control had its own entry held it
+    result.pop(CONTROL, None)  # baselines cached before the control had its own entry held an outdated one
     if records_control(config, ec):
-        result[CONTROL] = computed_once(baselines_path(config, ec, root, "control-"),
-                                        lambda: earlier or supervised_control(config, ec, device, progress))
+        result[CONTROL] = computed_once(baselines_path(config, ec, root, f"control-v{CONTROL_VERSION}-"),
+                                        lambda: supervised_control(config, ec, device, progress))
     return result
 
 
@@ -112,7 +119,7 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
         except RunFileError as err:  # a cache: computed again
             print(f"note: {err}; computing it again", file=sys.stderr)
             cached = {}
-        if cached.get("eval") == eval_key(ec):
+        if "config" in cached and cached.get("eval") == eval_key(Config.from_dict(cached["config"]), ec):
             return cached
     if not (run_dir / CHECKPOINT).exists():
         raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: is it a run directory?")
@@ -128,7 +135,7 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
     scores = {"encoder": evaluate_model(model, config, ec, progress)}
     if ec.baselines:
         scores.update(cached_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
-    result = {"run": run_dir.name, "eval": eval_key(ec), "config": config.to_dict(), "scores": scores,
+    result = {"run": run_dir.name, "eval": eval_key(config, ec), "config": config.to_dict(), "scores": scores,
               "provenance": provenance(dev)}
     write_text_atomic(path, json.dumps(result, indent=1))
     return result
@@ -151,7 +158,8 @@ def results_name(preset: str, dataset: str | None = None) -> str:
 def record_is_current(record: Path, ec: EvalConfig) -> bool:
     if not all((record / name).exists() for name in RECORD_FILES):
         return False
-    return json.loads((record / "eval.json").read_text()).get("eval") == eval_key(ec)
+    evaluation = json.loads((record / "eval.json").read_text())
+    return evaluation.get("eval") == eval_key(Config.from_dict(evaluation["config"]), ec)
 
 
 def export_record(run_dir: Path, record: Path):

@@ -4,6 +4,7 @@ through the run cache and their records, and its tables and figures, which carry
 Tables come from records (runs.py), so committed records regenerate every table without training; only
 the figures that draw a model need its checkpoint (and train it when it is missing).
 """
+import functools
 import json
 import time
 from dataclasses import dataclass, field
@@ -85,11 +86,14 @@ class Suite:
         """The learning-curve probe of a run that the experiment table gives curves, at the preset's
         curve_epochs; None for the other runs and for a preset without curves."""
         epochs = PRESETS[self.preset].curve_epochs
-        named = {run_dir_for(self.config(**o), self.runs_root).name
-                 for o in curve_runs(self.config(method="mixedae"), self.seeds)}
-        if not epochs or run_dir_for(config, self.runs_root).name not in named:
+        if not epochs or run_dir_for(config, self.runs_root).name not in self.curve_run_names:
             return None
         return LearningCurveProbe(config, self.eval_config, epochs)
+
+    @functools.cached_property
+    def curve_run_names(self) -> set[str]:
+        return {run_dir_for(self.config(**o), self.runs_root).name
+                for o in curve_runs(self.config(method="mixedae"), self.seeds)}
 
     def model(self, **overrides):
         """(trained model in eval mode on the suite's device, its Config)."""
@@ -118,20 +122,27 @@ class Suite:
             export_record(run_dir, record)
         return record
 
+    def headline_scores(self) -> dict | None:
+        """{method: [its encoder scores, one dict per seed]} from the headline records; None while one is missing."""
+        if not all(self.has_record(method=m, seed=s) for m in METHODS for s in self.seeds):
+            return None
+        return {m: [self.evaluation(method=m, seed=s)["scores"]["encoder"] for s in self.seeds] for m in METHODS}
+
     def knn_spread(self) -> float | None:
         """The headline comparison's seed spread: the largest std over seeds of kNN [CLS] (points) among the
         methods; None with fewer than 2 seeds or while a headline record is missing."""
-        if len(self.seeds) < 2 or not all(self.has_record(method=m, seed=s) for m in METHODS for s in self.seeds):
+        headline = self.headline_scores() if len(self.seeds) >= 2 else None
+        if headline is None:
             return None
-        return max(100 * np.std([self.evaluation(method=m, seed=s)["scores"]["encoder"]["knn_cls"]
-                                 for s in self.seeds], ddof=1) for m in METHODS)
+        return max(100 * np.std([s["knn_cls"] for s in scores], ddof=1) for scores in headline.values())
 
     def knn_noise(self) -> float | None:
         """The evaluation's own noise on the headline kNN [CLS]: the binomial standard error (points) of a test
         accuracy at the headline runs' mean accuracy and test-set size; None while a headline record is missing."""
-        if not all(self.has_record(method=m, seed=s) for m in METHODS for s in self.seeds):
+        headline = self.headline_scores()
+        if headline is None:
             return None
-        scores = [self.evaluation(method=m, seed=s)["scores"]["encoder"] for m in METHODS for s in self.seeds]
+        scores = [s for per_method in headline.values() for s in per_method]
         p = np.mean([s["knn_cls"] for s in scores])
         return 100 * float(np.sqrt(p * (1 - p) / scores[0]["test_images"]))
 
