@@ -181,7 +181,7 @@ def object_awareness(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, ob
                      layer: int = -1, mass: float = 0.6, batch_size: int = 500) -> torch.Tensor:
     """Per-image IoU between the head-averaged [CLS] attention region (holding `mass` of the attention) and the
     object patches `objects` [B, grid, grid] (see objects.py), at the images' size."""
-    return map_object_iou(cls_maps(model, images_uint8, dataset, layer, batch_size), objects.cpu(), mass)
+    return map_object_iou(cls_maps(model, images_uint8, dataset, layer, batch_size), objects, mass)
 
 
 def at_image_size(model: MaskedAutoencoderViT, img_size: int) -> MaskedAutoencoderViT:

@@ -148,9 +148,9 @@ def clutter_regions(images_uint8: torch.Tensor, object_pixels: torch.Tensor) -> 
 def mass_shares(maps: torch.Tensor, regions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """{region: per-image share of each map's mass on its pixels}: maps [B, grid, grid] (non-negative), regions
     pixel masks [B, H, W]; a patch's mass is spread evenly over its pixels. A uniform map's share is the region's
-    share of the image."""
+    share of the image; a map with no mass on any patch has no share anywhere."""
     flat = maps.float().flatten(1)
-    mass = (flat / flat.sum(1, keepdim=True)).view_as(maps)
+    mass = (flat / flat.sum(1, keepdim=True).clamp(min=torch.finfo(flat.dtype).tiny)).view_as(maps)
     side = next(iter(regions.values())).shape[-1]
     patch_pixels = (side // maps.shape[-1]) ** 2
     per_pixel = F.interpolate(mass.unsqueeze(1), size=(side, side), mode="nearest").squeeze(1) / patch_pixels

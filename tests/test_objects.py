@@ -122,9 +122,14 @@ def test_clutter_regions_partition_the_image_and_mass_shares_follow_the_map():
     # the oracle map prefers the object; the intensity map prefers the lit pixels, the object's and the fragments'
     maps = prior_maps(images, patch_mask(object_pixels, 4), 4)
     oracle, intensity = mass_shares(maps["oracle"], regions), mass_shares(maps["intensity"], regions)
-    assert (oracle["object"] > 2 * uniform["object"]).all()
-    assert intensity["fragments"].mean() > 1.5 * uniform["fragments"].mean()
-    assert intensity["blank"].mean() < 0.5 * uniform["blank"].mean()
+    area = {name: mask.float().flatten(1).mean(1) for name, mask in regions.items()}
+    assert (oracle["object"] > 2 * area["object"]).all()
+    assert intensity["fragments"].mean() > 1.5 * area["fragments"].mean()
+    assert intensity["blank"].mean() < 0.5 * area["blank"].mean()
+    # a transposed map is not the map: the object's share moves
+    assert not torch.allclose(mass_shares(maps["oracle"].transpose(1, 2), regions)["object"], oracle["object"])
+    # a map with no mass on any patch has no share anywhere
+    assert all((share == 0).all() for share in mass_shares(torch.zeros(50, 8, 8), regions).values())
 
 
 def test_map_baselines_are_scored_as_a_model_is():

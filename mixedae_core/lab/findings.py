@@ -359,8 +359,9 @@ MASS_REFERENCE_MAPS = ("intensity", "oracle")  # a uniform map puts each region'
 
 
 def cls_mass_table(suite: Suite, n_images: int) -> pd.DataFrame:
-    """Where the [CLS] attention read by the object measure puts its mass on `n_images` cluttered test images:
-    one row per map (every drawn model and seed, the random-init encoder, the intensity and oracle maps) and region
+    """Where the [CLS] attention read by the object measure puts its mass on `n_images` test images made cluttered
+    among themselves (fragments from each other: not the records' cluttered images, the same for every model): one
+    row per map (every drawn model and seed, the random-init encoder, the intensity and oracle maps) and region
     (object, fragments, blank): the mass share, the region's share of the image, their ratio (`enrichment`, 1: a
     uniform map), and `region_size`, the share of the patches in the region holding the measure's mass (the
     patches its IoU scores)."""
@@ -379,9 +380,9 @@ def cls_mass_table(suite: Suite, n_images: int) -> pd.DataFrame:
     for model, seed, m in maps:
         size = attention_region(m, ec.attention_mass).float().mean().item()
         for region, share in mass_shares(m, regions).items():
-            area = regions[region].float().mean().item()
-            rows.append({"model": model, "seed": seed, "region": region, "mass_share": share.mean().item(),
-                         "area_share": area, "enrichment": share.mean().item() / area, "region_size": size})
+            share, area = share.mean().item(), regions[region].float().mean().item()
+            rows.append({"model": model, "seed": seed, "region": region, "mass_share": share, "area_share": area,
+                         "enrichment": share / area, "region_size": size})
     return pd.DataFrame(rows)
 
 
@@ -399,7 +400,7 @@ def mass_notes(mass: pd.DataFrame | None, mass_of_region: float) -> list[str]:
             f"- The region holding {100 * mass_of_region:.0f} % of the mass covers, in % of the patches: "
             + "; ".join(f"{model} {100 * v:.0f}" for model, v in sizes.items())
             + " (a uniform map: 100, so its IoU is the object's share of the patches; a concentrated map whose region "
-              "lies mostly off the object scores below it)."]
+              "lies mostly off the object can score below it)."]
 
 
 def _grouping_per_model_and_seed(grouping: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
