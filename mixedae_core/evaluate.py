@@ -166,19 +166,22 @@ def mixed_grouping(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, data
 
 
 @torch.no_grad()
+def cls_maps(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, dataset: str, layer: int = -1,
+             batch_size: int = 500) -> torch.Tensor:
+    """The head-averaged [CLS] attention of block `layer` on single images, at the images' size: [B, grid, grid]
+    on the CPU."""
+    if images_uint8.shape[-1] != model.config.img_size:
+        model = at_image_size(model, images_uint8.shape[-1])
+    device = next(model.parameters()).device
+    return torch.cat([attention_map(model, normalize(images_uint8[start:start + batch_size].to(device), dataset),
+                                    layer).mean(1).cpu() for start in range(0, len(images_uint8), batch_size)])
+
+
 def object_awareness(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, objects: torch.Tensor, dataset: str,
                      layer: int = -1, mass: float = 0.6, batch_size: int = 500) -> torch.Tensor:
     """Per-image IoU between the head-averaged [CLS] attention region (holding `mass` of the attention) and the
     object patches `objects` [B, grid, grid] (see objects.py), at the images' size."""
-    if images_uint8.shape[-1] != model.config.img_size:
-        model = at_image_size(model, images_uint8.shape[-1])
-    device = next(model.parameters()).device
-    scores = []
-    for start in range(0, len(images_uint8), batch_size):
-        raw = images_uint8[start:start + batch_size].to(device)
-        attn = attention_map(model, normalize(raw, dataset), layer).mean(1)
-        scores.append(map_object_iou(attn, objects[start:start + batch_size], mass))
-    return torch.cat(scores).cpu()
+    return map_object_iou(cls_maps(model, images_uint8, dataset, layer, batch_size), objects, mass)
 
 
 def at_image_size(model: MaskedAutoencoderViT, img_size: int) -> MaskedAutoencoderViT:

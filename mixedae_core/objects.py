@@ -133,14 +133,38 @@ def cluttered(images_uint8: torch.Tensor, generator: torch.Generator, object_siz
     return out, masks
 
 
+def cluttered_test(images_uint8: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, object pixel masks): the `cluttered` variant of test images, with the clutter every run is scored on."""
+    return cluttered(images_uint8, torch.Generator().manual_seed(5))
+
+
+def clutter_regions(images_uint8: torch.Tensor, object_pixels: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Pixel masks [B, H, W] that partition cluttered images: the `object`, the `fragments` (every other non-zero
+    pixel) and the `blank` canvas."""
+    lit = foreground(images_uint8)
+    return {"object": object_pixels, "fragments": lit & ~object_pixels, "blank": ~lit}
+
+
+def mass_shares(maps: torch.Tensor, regions: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """{region: per-image share of each map's mass on its pixels}: maps [B, grid, grid] (non-negative), regions
+    pixel masks [B, H, W]; a patch's mass is spread evenly over its pixels. A uniform map's share is the region's
+    share of the image; a map with no mass on any patch has no share anywhere."""
+    flat = maps.float().flatten(1)
+    mass = (flat / flat.sum(1, keepdim=True).clamp(min=torch.finfo(flat.dtype).tiny)).view_as(maps)
+    side = next(iter(regions.values())).shape[-1]
+    patch_pixels = (side // maps.shape[-1]) ** 2
+    per_pixel = F.interpolate(mass.unsqueeze(1), size=(side, side), mode="nearest").squeeze(1) / patch_pixels
+    return {name: (per_pixel * mask.to(per_pixel.device)).flatten(1).sum(1) for name, mask in regions.items()}
+
+
 def object_variants(images_uint8: torch.Tensor, patch_size: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """{variant: (images, object patches)} of the test images, the same for every run: `centred` as they come;
     `translated` on a canvas 1.5 x their side (rounded up to an even number of patches, so that the grid splits
-    among G = 2 or 4 images); `cluttered` at their own size (`cluttered`)."""
+    among G = 2 or 4 images); `cluttered` at their own size (`cluttered_test`)."""
     side, step = images_uint8.shape[-1], 2 * patch_size
     canvas = -(-(side * 3 // 2) // step) * step
     moved = translated(images_uint8, canvas, torch.Generator().manual_seed(4))
-    clutter, masks = cluttered(images_uint8, torch.Generator().manual_seed(5))
+    clutter, masks = cluttered_test(images_uint8)
     return {"centred": (images_uint8, foreground_patches(images_uint8, patch_size)),
             "translated": (moved, foreground_patches(moved, patch_size)),
             "cluttered": (clutter, patch_mask(masks, patch_size))}

@@ -2,8 +2,9 @@
 import pytest
 import torch
 
-from mixedae_core.objects import (attention_region, cluttered, foreground_patches, iou, map_baseline_scores,
-                                  map_object_iou, object_variants, prior_maps, translated)
+from mixedae_core.objects import (attention_region, clutter_regions, cluttered, cluttered_test, foreground_patches, iou,
+                                  map_baseline_scores, map_object_iou, mass_shares, object_variants, patch_mask,
+                                  prior_maps, translated)
 
 
 def centred_objects(n=400, size=32, seed=0):
@@ -101,6 +102,34 @@ def test_clutter_takes_the_answer_away_from_brightness():
     assert iou_of("intensity", clutter, masks) < iou_of("intensity", moved) - 0.2
     # a map that knows where objects are in general, not in this image, stays well below the oracle
     assert iou_of("another image's object", clutter, masks) < 0.6
+
+
+def test_clutter_regions_partition_the_image_and_mass_shares_follow_the_map():
+    images, object_pixels = cluttered_test(centred_objects(50))
+    regions = clutter_regions(images, object_pixels)
+    assert torch.equal(sum(m.int() for m in regions.values()), torch.ones(50, 32, 32, dtype=torch.int))
+    assert regions["fragments"].flatten(1).any(1).all() and regions["object"].flatten(1).any(1).all()
+    # a uniform map puts on each region its share of the pixels
+    uniform = mass_shares(torch.ones(50, 8, 8), regions)
+    for name, mask in regions.items():
+        torch.testing.assert_close(uniform[name], mask.float().flatten(1).mean(1))
+    # a map on one patch whose 16 pixels are all the object's puts all its mass on the object
+    full = patch_mask(object_pixels, 4, threshold=0.999)
+    b = int(full.flatten(1).any(1).nonzero()[0])
+    one_patch = torch.zeros(64).index_fill(0, full[b].flatten().nonzero()[0], 1.0).view(1, 8, 8)
+    shares = mass_shares(one_patch, {name: mask[b:b + 1] for name, mask in regions.items()})
+    assert shares["object"].item() == pytest.approx(1) and shares["fragments"].item() == 0
+    # the oracle map prefers the object; the intensity map prefers the lit pixels, the object's and the fragments'
+    maps = prior_maps(images, patch_mask(object_pixels, 4), 4)
+    oracle, intensity = mass_shares(maps["oracle"], regions), mass_shares(maps["intensity"], regions)
+    area = {name: mask.float().flatten(1).mean(1) for name, mask in regions.items()}
+    assert (oracle["object"] > 2 * area["object"]).all()
+    assert intensity["fragments"].mean() > 1.5 * area["fragments"].mean()
+    assert intensity["blank"].mean() < 0.5 * area["blank"].mean()
+    # a transposed map is not the map: the object's share moves
+    assert not torch.allclose(mass_shares(maps["oracle"].transpose(1, 2), regions)["object"], oracle["object"])
+    # a map with no mass on any patch has no share anywhere
+    assert all((share == 0).all() for share in mass_shares(torch.zeros(50, 8, 8), regions).values())
 
 
 def test_map_baselines_are_scored_as_a_model_is():

@@ -5,9 +5,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ..evaluate import CONTROL, content_ratio, mixed_grouping, random_init_encoder
+from ..evaluate import CONTROL, cls_maps, content_ratio, mixed_grouping, random_init_encoder
 from ..runfiles import read_metrics
-from ..objects import TRIVIAL_MAPS
+from ..objects import (TRIVIAL_MAPS, attention_region, clutter_regions, cluttered_test, mass_shares, patch_mask,
+                       prior_maps)
 from .claims import claim, mean_std, measure_check, per_seed, reported, unvalidated
 from .experiments import ABLATIONS, RECOGNITION_DESIGNS
 from .suite import INIT_SCORES, Suite
@@ -352,6 +353,54 @@ def grouping_table(suite: Suite, n_images: int, mixedae_first_seed) -> pd.DataFr
                  ("MixedAE + segment emb. (positive control)", seed, mixedae_first_seed, True)]
     return pd.DataFrame([{"model": name, "seed": s, "block": b, "grouping": g} for name, s, model, segments in measured
                          for b, g in enumerate(mixed_grouping(model, raw, config.dataset_kind, noise, segments))])
+
+
+MASS_REFERENCE_MAPS = ("intensity", "oracle")  # a uniform map puts each region's area share there: 1 by definition
+
+
+def cls_mass_table(suite: Suite, n_images: int) -> pd.DataFrame:
+    """Where the [CLS] attention read by the object measure puts its mass on `n_images` test images made cluttered
+    among themselves (fragments from each other: not the records' cluttered images, the same for every model): one
+    row per map (every drawn model and seed, the random-init encoder, the intensity and oracle maps) and region
+    (object, fragments, blank): the mass share, the region's share of the image, their ratio (`enrichment`, 1: a
+    uniform map), and `region_size`, the share of the patches in the region holding the measure's mass (the
+    patches its IoU scores)."""
+    config, ec = suite.config(), suite.eval_config
+    _, raw, _ = suite.test_images(n_images, seed=5)
+    images, object_pixels = cluttered_test(raw.cpu())
+    regions = clutter_regions(images, object_pixels)
+
+    def attention(model):
+        return cls_maps(model, images, config.dataset_kind, ec.attention_layer, ec.batch_size)
+    maps = [(r["method"], r["seed"], attention(suite.model(**r)[0])) for r in suite.drawn()]
+    maps.append(("random-init encoder", suite.seeds[0], attention(random_init_encoder(config, suite.torch_device()))))
+    priors = prior_maps(images, patch_mask(object_pixels, config.patch_size), config.patch_size)
+    maps += [(f"{name} map", None, priors[name]) for name in MASS_REFERENCE_MAPS]
+    rows = []
+    for model, seed, m in maps:
+        size = attention_region(m, ec.attention_mass).float().mean().item()
+        for region, share in mass_shares(m, regions).items():
+            share, area = share.mean().item(), regions[region].float().mean().item()
+            rows.append({"model": model, "seed": seed, "region": region, "mass_share": share, "area_share": area,
+                         "enrichment": share / area, "region_size": size})
+    return pd.DataFrame(rows)
+
+
+def mass_notes(mass: pd.DataFrame | None, mass_of_region: float) -> list[str]:
+    """Where each model's [CLS] mass goes on cluttered images, and how much of the image its scored region covers."""
+    if mass is None:
+        return []
+    means = mass.groupby(["model", "region"], sort=False)[["enrichment", "region_size"]].mean()
+    regions = list(mass["region"].unique())
+    per_model = "; ".join(f"{model} " + " / ".join(f"{group.loc[(model, r), 'enrichment']:.2f}" for r in regions)
+                          for model, group in means.groupby(level="model", sort=False))
+    sizes = means.groupby(level="model", sort=False)["region_size"].mean()
+    return [f"- Where the last-block [CLS] mass goes on cluttered images, mass share over area share "
+            f"({' / '.join(regions)}; 1 = a uniform map; mean over seeds): {per_model}.",
+            f"- The region holding {100 * mass_of_region:.0f} % of the mass covers, in % of the patches: "
+            + "; ".join(f"{model} {100 * v:.0f}" for model, v in sizes.items())
+            + " (a uniform map: 100, so its IoU is the object's share of the patches; a concentrated map whose region "
+              "lies mostly off the object can score below it)."]
 
 
 def _grouping_per_model_and_seed(grouping: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
