@@ -232,7 +232,9 @@ def test_ctrl_c_stops_a_campaign_without_a_traceback_and_logs_it(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "mixedae_core", "campaign", "--preset", "smoke", "--out",
                              str(tmp_path / "out"), "--no-progress"], cwd=REPO,
                             env={**ENV, "MIXEDAE_RUNS": str(tmp_path / "runs")}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            # as from a terminal: a shell's background job (`cmd &`) inherits SIGINT ignored
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not list((tmp_path / "runs").glob("*/checkpoint.pt")) and time.time() < deadline:
         time.sleep(0.2)
