@@ -48,7 +48,7 @@ bench: $(STAMP)
 
 # Every run the notebooks need, WORKERS side by side (records in results/runs/$(PRESET)), then the notebooks
 # through papermill: results/{notebooks,figures,tables}/$(PRESET) and results/README.md.
-# PRESET=smoke (synthetic data, minutes), cpu (default, Fashion-MNIST), long (the cpu model for 4 epochs: hours;
+# PRESET=smoke (synthetic data, minutes), cpu (default, Fashion-MNIST), long (the cpu model for 5 epochs: hours;
 # BUDGET=<seconds> runs it in sittings, each finished run recorded), gpu (CUDA; WORKERS=6).
 # DATASET=cifar10, imagefolder:PATH, ...: the same on that dataset, its results in <preset>-<dataset> folders.
 NEEDS_FASHION_MNIST := $(if $(DATASET),$(filter fashion-mnist,$(DATASET)),$(filter-out smoke,$(PRESET)))
