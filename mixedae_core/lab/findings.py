@@ -369,6 +369,7 @@ def cls_mass_table(suite: Suite, n_images: int) -> pd.DataFrame:
     _, raw, _ = suite.test_images(n_images, seed=5)
     images, object_pixels = cluttered_test(raw.cpu())
     regions = clutter_regions(images, object_pixels)
+    areas = {region: mask.float().mean().item() for region, mask in regions.items()}
 
     def attention(model):
         return cls_maps(model, images, config.dataset_kind, ec.attention_layer, ec.batch_size)
@@ -380,9 +381,9 @@ def cls_mass_table(suite: Suite, n_images: int) -> pd.DataFrame:
     for model, seed, m in maps:
         size = attention_region(m, ec.attention_mass).float().mean().item()
         for region, share in mass_shares(m, regions).items():
-            share, area = share.mean().item(), regions[region].float().mean().item()
-            rows.append({"model": model, "seed": seed, "region": region, "mass_share": share, "area_share": area,
-                         "enrichment": share / area, "region_size": size})
+            share = share.mean().item()
+            rows.append({"model": model, "seed": seed, "region": region, "mass_share": share,
+                         "area_share": areas[region], "enrichment": share / areas[region], "region_size": size})
     return pd.DataFrame(rows)
 
 
