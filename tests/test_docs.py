@@ -1,5 +1,6 @@
 """README.md and docs/METHOD.md quote measured numbers only in generated blocks, and the committed blocks are
 what the committed tables regenerate."""
+import json
 import re
 import shutil
 
@@ -78,3 +79,20 @@ def test_the_headline_block_quotes_the_first_preset_whose_notebook_01_has_run(tm
         shutil.copytree(results / kind / "cpu", results / kind / "long")
     text = headline(results)
     assert "`long` preset" in text and "results/tables/long/01_transfer.csv" in text and "`cpu`" not in text
+
+
+def test_the_reproduce_time_block_quotes_a_fresh_clone_only_once_one_was_timed(tmp_path):
+    results = tmp_path / "results"
+    shutil.copytree(RESULTS / "tables" / "cpu", results / "tables" / "cpu")
+    shutil.copy(RESULTS / "tables" / "bench.csv", results / "tables" / "bench.csv")
+    (results / "tables" / "cpu" / "fresh_clone.json").unlink(missing_ok=True)
+    text = "<!-- generated: reproduce-time -->\n<!-- end generated: reproduce-time -->\n"
+    assert "fresh_clone.json" not in render(text, results, "README.md")
+    campaign = {"planned": 23, "recorded_before": 14, "trained": [{}] * 8, "resumed": [{}], "wall_seconds": 936}
+    (results / "tables" / "cpu" / "fresh_clone.json").write_text(json.dumps({
+        "commit": "abc", "device": "a CPU", "date": "2026-01-02T00:00:00", "setup_seconds": 270,
+        "reproduce_seconds": 1110, "campaign": campaign, "notebook_seconds": {"a": 100, "b": 50}}))
+    block = render(text, results, "README.md")
+    for quoted in ("commit abc", "2026-01-02 on a CPU", "took 4.5 min", "PRESET=cpu` 18.5 min", "14 of 23",
+                   "trained 9 runs", "in 15.6 min", "took 2.5 min.", "(results/tables/cpu/fresh_clone.json)"):
+        assert quoted in block, quoted

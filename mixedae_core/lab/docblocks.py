@@ -130,7 +130,26 @@ def reproduce_time(results: Path) -> str:
             f"{whole['provenance']['commit']}), {whole['workers']} side by side on {whole['provenance']['device']}, "
             f"took {whole['wall_seconds'] / 60:.0f} min: {len(whole['trained'])} runs trained{evaluated}; the "
             f"notebooks took {sum(notebooks.values()) / 60:.1f} min. The slowest run is MixedAE's full mode: its "
-            f"step takes {steps}. From {sources}; every campaign behind the records: {link('results/README.md')}.")
+            f"step takes {steps}. From {sources}; every campaign behind the records: {link('results/README.md')}."
+            + fresh_clone_time(results))
+
+
+def fresh_clone_time(results: Path) -> str:
+    """README: what scripts/time_fresh_clone.sh measured, when it has run: the cost to a user who clones the repo."""
+    path = results / "tables/cpu/fresh_clone.json"
+    if not path.exists():
+        return ""
+    clone = json.loads(path.read_text())
+    campaign = clone["campaign"]
+    retrained = len(campaign["trained"]) + len(campaign["resumed"])
+    return (f" A clone of commit {clone['commit']} in an empty folder (the committed records; no run cache, no "
+            f"`.venv`; this machine's pip cache), {clone['date'][:10]} on {clone['device']}: `make venv data` took "
+            f"{clone['setup_seconds'] / 60:.1f} min, `make reproduce PRESET=cpu` {clone['reproduce_seconds'] / 60:.1f}"
+            f" min, in which the campaign found {campaign['recorded_before']} of {campaign['planned']} records "
+            f"current and trained {retrained} runs (those whose checkpoints the notebooks draw, or whose record the "
+            f"code has outdated) in {campaign['wall_seconds'] / 60:.1f} min and the notebooks took "
+            f"{sum(clone['notebook_seconds'].values()) / 60:.1f} min. From "
+            f"{link('results/tables/cpu/fresh_clone.json')} (scripts/time_fresh_clone.sh).")
 
 
 def recognition_designs(results: Path) -> str:
