@@ -2,10 +2,12 @@
 survive a full disk and a torn line; one writer per run directory."""
 import errno
 import json
+import multiprocessing
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -14,6 +16,7 @@ from PIL import Image
 
 from conftest import REPO
 from mixedae_core.config import make_config
+from mixedae_core.lab.campaign import run_campaign
 from mixedae_core.lab.cli import main
 from mixedae_core.lab.reproduce import write_readme
 from mixedae_core.runfiles import RunFileError, RunLock, read_metrics, save_atomic
@@ -244,3 +247,37 @@ def test_ctrl_c_stops_a_campaign_without_a_traceback_and_logs_it(tmp_path):
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     log = json.loads((tmp_path / "out" / "tables" / "smoke" / "campaign_log.json").read_text())
     assert log[-1]["interrupted"] is True
+
+
+
+def test_a_worker_killed_from_outside_fails_its_run_and_the_other_worker_finishes_the_campaign(tmp_path):
+    """As the out-of-memory killer would: SIGKILL, no handler runs. With one task queue shared by the workers,
+    the other worker took the killed one's run and nothing was reported."""
+    plan, result = [{"method": "mae", "seed": seed} for seed in (0, 1, 2)], {}
+    before = multiprocessing.active_children()
+
+    def campaign():
+        try:
+            result.update(run_campaign("smoke", [0, 1, 2], tmp_path / "out", str(tmp_path / "runs"), workers=2,
+                                       plan=plan, progress=False))
+        except BaseException as error:  # re-raised in the test's thread
+            result["error"] = error
+
+    thread = threading.Thread(target=campaign, daemon=True)
+    thread.start()
+    deadline, workers = time.time() + 60, []
+    while not workers and time.time() < deadline:  # the first worker, as soon as it exists: it holds a run
+        workers = [p for p in multiprocessing.active_children() if p not in before]
+        time.sleep(0.05)
+    try:
+        assert workers, "the campaign started no worker"
+        os.kill(workers[0].pid, signal.SIGKILL)
+        thread.join(timeout=600)
+        assert not thread.is_alive(), "the campaign waits forever for its killed worker"
+    finally:  # a hung campaign must not hang pytest too
+        for p in multiprocessing.active_children():
+            if p not in before:
+                p.kill()
+    assert "error" not in result, result.get("error")
+    assert len(result["failed"]) == 1 and len(result["trained"]) == 2 and not result["complete"], result
+    assert result["left"] == [{k: v for k, v in result["failed"][0].items() if k not in ("run", "seconds")}]

@@ -7,7 +7,8 @@ big GPU idle between kernel launches, and several processes fill those gaps. A f
 and recorded in results/runs/<preset>/ (results/runs/<preset>-<dataset>/ on another dataset than the
 preset's, runs.py), so a committed record is never trained again.
 When the budget runs out the running processes get SIGTERM: they checkpoint and stop, and the next
-campaign on that machine resumes them; runs not yet started wait for the next campaign.
+campaign on that machine resumes them; runs not yet started wait for the next campaign. A worker killed from
+outside (the out-of-memory killer) fails the run it held; the other workers go on.
 """
 import contextlib
 import json
@@ -38,8 +39,9 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
-def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, results):
-    """One process of the campaign: records the runs the campaign hands it through `tasks` until it gets None.
+def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, index, tasks, results):
+    """Worker `index` of the campaign: records the runs the campaign hands it through its own `tasks` queue until
+    it gets None, and reports each on the shared `results` queue.
     Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in training at a checkpoint (train()
     handles it there), lets an evaluation finish, and stops anything else at once."""
     evaluating, stopping = [], []
@@ -69,8 +71,8 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, resul
             except Exception:
                 traceback.print_exc()
                 status = "failed"
-            evaluating.clear()
-        results.put((overrides, name, status, round(time.time() - started, 1)))
+        results.put((index, overrides, name, status, round(time.time() - started, 1)))
+        evaluating.clear()  # only now: a SIGTERM before the outcome is sent would lose a recorded run
         if status == "stopped" or stopping:
             return
 
@@ -78,30 +80,40 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, tasks, resul
 class _Workers:
     """The campaign's worker processes, the runs they may still start, and stopping them. The campaign hands a
     worker its next run only after reading that worker's last result, so a start limit that result moves
-    applies to the very next start. Stopping: one SIGTERM each (a run in training checkpoints, an evaluation
-    finishes first), then a kill after the grace period."""
+    applies to the very next start. Each worker reads its own task queue, so the campaign knows which run each
+    one holds, and a worker killed while it waits for a run holds no lock another worker waits on. Stopping: one
+    SIGTERM each (a run in training checkpoints, an evaluation finishes first), then a kill after the grace
+    period."""
 
     def __init__(self, suite: Suite, runs_root_dir, device, pending: list[dict], workers: int, start_by: float):
         ctx = mp.get_context("spawn")  # CUDA cannot be used in forked processes
-        self.tasks, self.results = ctx.Queue(), ctx.Queue()
-        self.start_by, self.waiting = start_by, list(pending)
-        self.procs, self.terminated = [], set()
+        n = min(workers, len(pending))
+        self.tasks, self.results = [ctx.Queue() for _ in range(n)], ctx.Queue()
+        self.start_by, self.waiting, self.suite = start_by, list(pending), suite
+        self.procs, self.terminated, self.holding = [], set(), [None] * n  # holding: each worker's unreported run
         threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription of the CPU
         old_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ.setdefault("OMP_NUM_THREADS", threads)
-        for _ in range(min(workers, len(pending))):
+        for i in range(n):
             self.procs.append(ctx.Process(target=_worker, args=(
-                suite.preset, suite.seeds, str(suite.out), runs_root_dir, device, suite.dataset, self.tasks,
+                suite.preset, suite.seeds, str(suite.out), runs_root_dir, device, suite.dataset, i, self.tasks[i],
                 self.results)))
             self.procs[-1].start()
-            self.hand_out()
+            self.hand_out(i)
         if old_threads is None:
             del os.environ["OMP_NUM_THREADS"]
 
-    def hand_out(self):
-        """One idle worker gets the next waiting run if it may still start, else None (it exits)."""
+    def hand_out(self, i: int):
+        """Idle worker `i` gets the next waiting run if it may still start, else None (it exits)."""
         start = self.waiting and time.time() <= self.start_by
-        self.tasks.put(self.waiting.pop(0) if start else None)
+        self.holding[i] = self.waiting.pop(0) if start else None
+        self.tasks[i].put(self.holding[i])
+
+    def died_holding(self) -> list[int]:
+        """The workers that have exited without reporting the run they hold, not stopped by the campaign: killed
+        from outside (the out-of-memory killer, a `kill -9`)."""
+        return [i for i, (p, run) in enumerate(zip(self.procs, self.holding))
+                if run is not None and not p.is_alive() and p.pid not in self.terminated]
 
     def alive(self):
         return [p for p in self.procs if p.is_alive()]
@@ -118,8 +130,8 @@ class _Workers:
 
     def join(self, grace_s: float):
         self.terminate()
-        for _ in self.procs:  # a run finished at its last step despite SIGTERM: its worker waits for a task
-            self.tasks.put(None)  # (not in terminate(): a signal handler must not take the queue's lock)
+        for tasks in self.tasks:  # a run finished at its last step despite SIGTERM: its worker waits for a task
+            tasks.put(None)  # (not in terminate(): a signal handler must not take the queue's lock)
         end = time.time() + grace_s
         for p in self.procs:
             p.join(max(0.0, end - time.time()))
@@ -140,28 +152,42 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
     """Read the workers' results until the last one has exited; at the deadline, stop them. `one_off(run)`: the
     run also computes something no other run does (the positive control)."""
     while True:
-        alive = workers.alive()
+        alive, died = workers.alive(), workers.died_holding()  # before reading: all a dead worker sent is then read
         if deadline is not None and time.time() > deadline:
             workers.terminate()
             if time.time() > deadline + grace_s:
                 for p in alive:
                     p.kill()
         try:  # after the last worker exits, what it sent is still read
-            overrides, name, status, seconds = workers.results.get(timeout=0.5 if alive else 2)
+            index, overrides, name, status, seconds = workers.results.get(timeout=0.5 if alive else 2)
         except queue_module.Empty:
+            for i in died:
+                _lost(workers, i, outcome, logs, bar)
             if alive:
                 continue
             return
+        workers.holding[index] = None
         outcome[status].append({**overrides, "run": name, "seconds": seconds})
         bar.update(1)
         latest = latest_start(deadline, outcome["trained"] + outcome["resumed"], one_off)
         if status in ("trained", "resumed") and latest is not None:  # do not start what cannot finish
             workers.start_by = min(workers.start_by, latest)
         if status != "stopped":  # the worker that sent it waits for its next run
-            workers.hand_out()
+            workers.hand_out(index)
         if status == "failed":
             print(f"run {overrides} failed; the end of {logs / (name + '.log')}:\n{_tail(logs / (name + '.log'))}",
                   file=sys.stderr, flush=True)
+
+
+def _lost(workers: _Workers, i: int, outcome: dict, logs: Path, bar):
+    """Worker i died holding a run: a failure (the campaign exits with 1); the next campaign trains or resumes it."""
+    run, workers.holding[i] = workers.holding[i], None
+    name = workers.suite.record_path(**run).name
+    outcome["failed"].append({**run, "run": name, "seconds": None})
+    bar.update(1)
+    log = logs / (name + ".log")  # this worker's, if it got as far as opening it
+    print(f"run {run} failed: its worker process died (exit code {workers.procs[i].exitcode}); the end of the "
+          f"run's last log, {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
 
 
 def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None, device: str = "auto",
