@@ -175,8 +175,7 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
         if status != "stopped":  # the worker that sent it waits for its next run
             workers.hand_out(index)
         if status == "failed":
-            print(f"run {overrides} failed; the end of {logs / (name + '.log')}:\n{_tail(logs / (name + '.log'))}",
-                  file=sys.stderr, flush=True)
+            _print_failure(overrides, "", logs / (name + ".log"))
 
 
 def _lost(workers: _Workers, i: int, outcome: dict, logs: Path, bar):
@@ -185,9 +184,12 @@ def _lost(workers: _Workers, i: int, outcome: dict, logs: Path, bar):
     name = workers.suite.record_path(**run).name
     outcome["failed"].append({**run, "run": name, "seconds": None})
     bar.update(1)
-    log = logs / (name + ".log")  # this worker's, if it got as far as opening it
-    print(f"run {run} failed: its worker process died (exit code {workers.procs[i].exitcode}); the end of the "
-          f"run's last log, {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
+    # the log is this worker's only if it got as far as opening it
+    _print_failure(run, f": its worker process died (exit code {workers.procs[i].exitcode})", logs / (name + ".log"))
+
+
+def _print_failure(run: dict, why: str, log: Path):
+    print(f"run {run} failed{why}; the end of {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
 
 
 def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None, device: str = "auto",
