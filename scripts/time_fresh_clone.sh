@@ -12,13 +12,12 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 git clone -q "$repo" "$tmp/repo"
 cd "$tmp/repo"
-commit=$(git rev-parse --short=10 HEAD)
 campaigns=$(python3 -c "import json; print(len(json.load(open('results/tables/cpu/campaign_log.json'))))")
 start=$SECONDS
 make venv data > "$tmp/setup.log" 2>&1 || { tail -n 30 "$tmp/setup.log"; exit 1; }
 setup=$((SECONDS - start))
 make reproduce PRESET=cpu > "$tmp/reproduce.log" 2>&1 || { tail -n 30 "$tmp/reproduce.log"; exit 1; }
-COMMIT=$commit CAMPAIGNS=$campaigns SETUP=$setup REPRODUCE=$((SECONDS - start - setup)) OUT="$repo/results/tables/cpu/fresh_clone.json" \
+CAMPAIGNS=$campaigns SETUP=$setup REPRODUCE=$((SECONDS - start - setup)) OUT="$repo/results/tables/cpu/fresh_clone.json" \
   .venv/bin/python - <<'RECORD'
 import json, os
 from pathlib import Path
@@ -28,9 +27,7 @@ tables = Path("results/tables/cpu")
 new = json.loads((tables / "campaign_log.json").read_text())[int(os.environ["CAMPAIGNS"]):]
 if not new:  # a campaign with nothing to train logs nothing; a clone lacks every drawn run's checkpoint
     raise SystemExit("the clone's campaign trained nothing: nothing to time")
-# the clone is HEAD untouched until the run; provenance's own commit, read now, is '+dirty': make reproduce has
-# rewritten README's generated blocks
-record = {**provenance("cpu"), "commit": os.environ["COMMIT"], "setup_seconds": int(os.environ["SETUP"]),
+record = {**provenance("cpu"), "setup_seconds": int(os.environ["SETUP"]),
           "reproduce_seconds": int(os.environ["REPRODUCE"]), "campaign": new[-1],
           "notebook_seconds": json.loads((tables / "reproduce_log.json").read_text())}
 Path(os.environ["OUT"]).write_text(json.dumps(record, indent=1) + "\n")

@@ -3,10 +3,12 @@ what the committed tables regenerate."""
 import json
 import re
 import shutil
+import subprocess
 
 import pytest
 
 from conftest import REPO
+from mixedae_core.lab import provenance
 from mixedae_core.lab.docblocks import BLOCKS, DOCS, DocBlockError, blocks, headline, render, stale_blocks
 
 RESULTS = REPO / "results"
@@ -96,3 +98,26 @@ def test_the_reproduce_time_block_quotes_a_fresh_clone_only_once_one_was_timed(t
     for quoted in ("commit abc", "2026-01-02 on a CPU", "took 4.5 min", "PRESET=cpu` 18.5 min", "14 of 23",
                    "trained 9 runs", "in 15.6 min", "took 2.5 min.", "(results/tables/cpu/fresh_clone.json)"):
         assert quoted in block, quoted
+
+
+def test_a_render_rewriting_results_and_the_docs_leaves_the_commit_clean_but_a_code_edit_does_not(tmp_path,
+                                                                                                   monkeypatch):
+    """Runs and fresh-clone timings stamp git_commit() after a render has rewritten results/ and the generated
+    blocks; only a change to anything else is '+dirty'."""
+    def git(*args):
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=tmp_path, check=True,
+                       capture_output=True)
+
+    written = ["results/tables/x.csv", *DOCS]
+    for path in [*written, "mixedae_core/model.py"]:
+        (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / path).write_text("before\n")
+    git("init", "-q")
+    git("add", "-A")
+    git("commit", "-q", "-m", "c")
+    monkeypatch.setattr(provenance, "REPO", tmp_path)
+    for path in written:
+        (tmp_path / path).write_text("after\n")
+    assert provenance.git_commit().count("+dirty") == 0
+    (tmp_path / "mixedae_core/model.py").write_text("after\n")
+    assert provenance.git_commit().endswith("+dirty")

@@ -167,29 +167,32 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
                 continue
             return
         workers.holding[index] = None
-        outcome[status].append({**overrides, "run": name, "seconds": seconds})
-        bar.update(1)
+        _record(outcome, bar, status, overrides, name, seconds)
         latest = latest_start(deadline, outcome["trained"] + outcome["resumed"], one_off)
         if status in ("trained", "resumed") and latest is not None:  # do not start what cannot finish
             workers.start_by = min(workers.start_by, latest)
         if status != "stopped":  # the worker that sent it waits for its next run
             workers.hand_out(index)
         if status == "failed":
-            _print_failure(overrides, "", logs / (name + ".log"))
+            _print_failure(overrides, "it raised", logs / (name + ".log"))
 
 
 def _lost(workers: _Workers, i: int, outcome: dict, logs: Path, bar):
     """Worker i died holding a run: a failure (the campaign exits with 1); the next campaign trains or resumes it."""
     run, workers.holding[i] = workers.holding[i], None
     name = workers.suite.record_path(**run).name
-    outcome["failed"].append({**run, "run": name, "seconds": None})
-    bar.update(1)
+    _record(outcome, bar, "failed", run, name, None)
     # the log is this worker's only if it got as far as opening it
-    _print_failure(run, f": its worker process died (exit code {workers.procs[i].exitcode})", logs / (name + ".log"))
+    _print_failure(run, f"its worker process died (exit code {workers.procs[i].exitcode})", logs / (name + ".log"))
+
+
+def _record(outcome: dict, bar, status: str, run: dict, name: str, seconds: float | None):
+    outcome[status].append({**run, "run": name, "seconds": seconds})
+    bar.update(1)
 
 
 def _print_failure(run: dict, why: str, log: Path):
-    print(f"run {run} failed{why}; the end of {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
+    print(f"run {run} failed ({why}); the end of {log}:\n{_tail(log)}", file=sys.stderr, flush=True)
 
 
 def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None, device: str = "auto",

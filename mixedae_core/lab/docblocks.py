@@ -20,9 +20,8 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import PRESETS
-from .provenance import REPO
+from .provenance import DOCS, REPO
 
-DOCS = ("README.md", "docs/METHOD.md")
 METHODS = {"mae": "MAE", "naive": "naive mixing", "mixedae": "MixedAE"}
 START = re.compile(r"<!-- generated: (?P<name>[\w-]+)\b[^>]*-->")
 END = re.compile(r"<!-- end generated: (?P<name>[\w-]+) -->")

@@ -10,16 +10,19 @@ import torch
 from ..train import describe_device
 
 REPO = Path(__file__).resolve().parents[2]
+# the documents whose generated blocks a render rewrites from results/ (docblocks.write_docs)
+DOCS = ("README.md", "docs/METHOD.md")
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with '+dirty' when tracked files outside results/ differ from it. Outside a checkout
+    """HEAD's short hash, with '+dirty' when tracked files other than results/ and DOCS differ from it. Outside a checkout
     (an exported copy of a commit): $MIXEDAE_COMMIT if set, else 'unknown'."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.strip()
-        # results/ is what the code writes, so a run rewriting it leaves the code itself clean
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!results"],
+        # results/ and DOCS' generated blocks are what the code writes: a render rewriting them leaves the code clean
+        written = [":!results", *(":!" + doc for doc in DOCS)]
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", *written],
                                cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
