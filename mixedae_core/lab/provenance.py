@@ -15,8 +15,8 @@ DOCS = ("README.md", "docs/METHOD.md")
 
 
 def git_commit() -> str:
-    """HEAD's short hash, with '+dirty' when tracked files other than results/ and DOCS differ from it. Outside a checkout
-    (an exported copy of a commit): $MIXEDAE_COMMIT if set, else 'unknown'."""
+    """HEAD's short hash, with '+dirty' when tracked files other than results/ and DOCS differ from it. Outside a
+    checkout (an exported copy of a commit): $MIXEDAE_COMMIT if set, else 'unknown'."""
     try:
         commit = subprocess.run(["git", "rev-parse", "--short=10", "HEAD"], cwd=REPO, capture_output=True,
                                 text=True, check=True).stdout.strip()
