@@ -39,10 +39,15 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+def run_log(runs_root_dir, name: str) -> Path:
+    """Where a campaign's worker writes the output of run `name`."""
+    return Path(runs_root_dir or runs_root()) / "logs" / f"{name}.log"
+
+
 def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, index, tasks, results):
     """Worker `index` of the campaign: records the runs the campaign hands it through its own `tasks` queue until
     it gets None, and reports each on the shared `results` queue.
-    Each run's output goes to runs/logs/<run>.log. SIGTERM stops a run in training at a checkpoint (train()
+    Each run's output goes to `run_log`. SIGTERM stops a run in training at a checkpoint (train()
     handles it there), lets an evaluation finish, and stops anything else at once."""
     evaluating, stopping = [], []
 
@@ -55,12 +60,13 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, index, tasks
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the campaign, which stops the workers (SIGTERM)
     suite = Suite(preset, seeds, device, out_dir, notebook="campaign", runs_root=runs_root_dir, dataset=dataset,
                   progress=False)
-    logs = Path(runs_root_dir or runs_root()) / "logs"
     while (overrides := tasks.get()) is not None:
         name, started = suite.record_path(**overrides).name, time.time()
         run_dir = run_dir_for(suite.config(**overrides), runs_root_dir)
         status = "evaluated" if run_finished(run_dir) else "resumed" if (run_dir / CHECKPOINT).exists() else "trained"
-        with open(logs / f"{name}.log", "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
+        log_path = run_log(runs_root_dir, name)
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
                 suite.run(**overrides)  # a drawn run with a record may still lack its checkpoint
                 evaluating.append(1)
@@ -89,7 +95,7 @@ class _Workers:
         ctx = mp.get_context("spawn")  # CUDA cannot be used in forked processes
         n = min(workers, len(pending))
         self.tasks, self.results = [ctx.Queue() for _ in range(n)], ctx.Queue()
-        self.start_by, self.waiting, self.suite = start_by, list(pending), suite
+        self.start_by, self.waiting, self.suite, self.runs_root_dir = start_by, list(pending), suite, runs_root_dir
         self.procs, self.terminated, self.holding = [], set(), [None] * n  # holding: each worker's unreported run
         threads = str(max(1, (os.cpu_count() or 1) // workers))  # no oversubscription of the CPU
         old_threads = os.environ.get("OMP_NUM_THREADS")
@@ -148,7 +154,7 @@ def latest_start(deadline: float | None, finished: list[dict], one_off) -> float
     return deadline - max(typical) if deadline is not None and typical else None
 
 
-def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: Path, bar, one_off):
+def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, bar, one_off):
     """Read the workers' results until the last one has exited; at the deadline, stop them. `one_off(run)`: the
     run also computes something no other run does (the positive control)."""
     while True:
@@ -162,7 +168,7 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
             index, overrides, name, status, seconds = workers.results.get(timeout=0.5 if alive else 2)
         except queue_module.Empty:
             for i in died:
-                _lost(workers, i, outcome, logs, bar)
+                _lost(workers, i, outcome, bar)
             if alive:
                 continue
             return
@@ -174,16 +180,17 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, logs: P
         if status != "stopped":  # the worker that sent it waits for its next run
             workers.hand_out(index)
         if status == "failed":
-            _print_failure(overrides, "it raised", logs / (name + ".log"))
+            _print_failure(overrides, "it raised", run_log(workers.runs_root_dir, name))
 
 
-def _lost(workers: _Workers, i: int, outcome: dict, logs: Path, bar):
+def _lost(workers: _Workers, i: int, outcome: dict, bar):
     """Worker i died holding a run: a failure (the campaign exits with 1); the next campaign trains or resumes it."""
     run, workers.holding[i] = workers.holding[i], None
     name = workers.suite.record_path(**run).name
     _record(outcome, bar, "failed", run, name, None)
     # the log is this worker's only if it got as far as opening it
-    _print_failure(run, f"its worker process died (exit code {workers.procs[i].exitcode})", logs / (name + ".log"))
+    _print_failure(run, f"its worker process died (exit code {workers.procs[i].exitcode})",
+                   run_log(workers.runs_root_dir, name))
 
 
 def _record(outcome: dict, bar, status: str, run: dict, name: str, seconds: float | None):
@@ -216,8 +223,6 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
         return not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))
 
     pending = [o for o in plan if needs_work(o)]
-    logs = Path(runs_root_dir or runs_root()) / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
     print(f"campaign {suite.name}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "
           f"{suite.records}, {len(pending)} to train, {min(workers, len(pending))} at a time", flush=True)
     deadline = None if budget_s is None else t_start + budget_s
@@ -229,7 +234,7 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
     bar = tqdm(total=len(pending), unit="run", desc=f"campaign {suite.name}", disable=not progress)
     interrupted = True
     try:
-        _collect(pool, outcome, deadline, grace_s, logs, bar,
+        _collect(pool, outcome, deadline, grace_s, bar,
                  lambda o: records_control(suite.config(**{k: v for k, v in o.items() if k not in ("run", "seconds")}),
                                            suite.eval_config))
         interrupted = False
