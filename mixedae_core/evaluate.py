@@ -1,5 +1,6 @@
-"""Evaluation of a pre-trained encoder: frozen features (kNN, linear probe), optional fine-tuning,
-attention maps and object awareness, and the diagnostics of the ablations (cross-image reliance).
+"""Evaluation of a pre-trained encoder: frozen features (kNN, linear probe), attention maps and object awareness,
+and the diagnostics of the ablations (cross-image reliance). The paper's metrics (fine-tuning, dense transfer) are
+transfer.py's.
 
 Features come from the encoder on whole, unmixed images (`forward_features`: global attention among the patches,
 the [CLS] attention structure of pre-training): what `timm_encoder`'s ViT computes. Two features per image: the [CLS] token and
@@ -63,13 +64,13 @@ def knn_accuracy(train_x, train_y, test_x, test_y, k: int = 20, temperature: flo
     return correct / len(test_x)
 
 
-def linear_probe_accuracy(train_x, train_y, test_x, test_y, l2: float = 1e-4, max_iter: int = 300,
-                          num_classes: int | None = None) -> float:
-    """Multinomial logistic regression on standardised features, full-batch L-BFGS to convergence."""
-    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
-    train_x, test_x = train_x.float(), test_x.float()
+def fit_linear_probe(train_x, train_y, l2: float = 1e-4, max_iter: int = 300, num_classes: int | None = None):
+    """Multinomial logistic regression on standardised features, full-batch L-BFGS to convergence. Returns
+    `predict(x) -> class indices`."""
+    num_classes = num_classes or int(train_y.max()) + 1
+    train_x = train_x.float()
     mean, std = train_x.mean(0), train_x.std(0).clamp(min=1e-6)
-    train_x, test_x = (train_x - mean) / std, (test_x - mean) / std
+    train_x = (train_x - mean) / std
     linear = torch.nn.Linear(train_x.shape[1], num_classes).to(train_x.device)
     torch.nn.init.zeros_(linear.weight)
     torch.nn.init.zeros_(linear.bias)
@@ -83,8 +84,15 @@ def linear_probe_accuracy(train_x, train_y, test_x, test_y, l2: float = 1e-4, ma
         return loss
 
     opt.step(closure)
-    with torch.no_grad():
-        return (linear(test_x).argmax(1) == test_y).float().mean().item()
+    return torch.no_grad()(lambda x: linear((x.float() - mean) / std).argmax(1))
+
+
+def linear_probe_accuracy(train_x, train_y, test_x, test_y, l2: float = 1e-4, max_iter: int = 300,
+                          num_classes: int | None = None) -> float:
+    """Test accuracy of `fit_linear_probe`."""
+    num_classes = num_classes or int(max(train_y.max(), test_y.max())) + 1
+    predict = fit_linear_probe(train_x, train_y, l2, max_iter, num_classes)
+    return (predict(test_x) == test_y).float().mean().item()
 
 
 def frozen_scores(train_feats: dict, train_y, test_feats: dict, test_y, ec: EvalConfig, num_classes: int) -> dict:
@@ -308,7 +316,7 @@ def dependence_scores(model: MaskedAutoencoderViT, anchors: torch.Tensor, neighb
     return scores
 
 
-# ------------------------------------------------------------------------------------------ fine-tuning
+# ------------------------------------------------------------------------------------------ supervised training
 def train_classifier(model: MaskedAutoencoderViT, train: TensorDataset, epochs: int = 10, batch_size: int = 256,
                      blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0, precision: str = "bf16",
                      augment: bool = True, progress: bool = False, cls_targets: torch.Tensor | None = None,
@@ -374,14 +382,6 @@ def classifier_accuracy(vit: VisionTransformer, test: TensorDataset, batch_size:
         x = normalize(test.images[start:start + batch_size].to(device), test.name)
         correct += (vit(x).argmax(1).cpu() == test.labels[start:start + batch_size].cpu()).sum().item()
     return correct / len(test)
-
-
-def finetune(model: MaskedAutoencoderViT, train: TensorDataset, test: TensorDataset, epochs: int = 10,
-             batch_size: int = 256, blr: float = 1e-3, weight_decay: float = 0.05, seed: int = 0,
-             precision: str = "bf16", progress: bool = False) -> float:
-    """Short end-to-end fine-tuning (for GPU presets), `train_classifier` with augmentation. Returns top-1."""
-    vit = train_classifier(model, train, epochs, batch_size, blr, weight_decay, seed, precision, True, progress)
-    return classifier_accuracy(vit, test)
 
 
 # ------------------------------------------------------------------------------------------ whole models

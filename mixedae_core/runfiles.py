@@ -7,6 +7,8 @@
                     every epoch's end and every `checkpoint_minutes` inside an epoch); a resume trusts its
                     config, not config.json
     summary.json    written last, once the run has finished: steps, images, wall time, final epoch means
+    model.safetensors  a record's kept weights (the model's, fp32, no optimizer): what evaluation and the notebooks
+                    load where no checkpoint is at hand (lab/runs.py keeps one beside every record)
 
 Writes go beside the file and are renamed over it, so a reader never sees half a file; a write that fails
 (a full disk) removes its temporary file and leaves the previous file as it was. One process writes a run
@@ -22,11 +24,13 @@ import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
 
 from .config import Config
 from .model import build_model
 
 CONFIG, METRICS, CHECKPOINT, SUMMARY = "config.json", "metrics.jsonl", "checkpoint.pt", "summary.json"
+WEIGHTS = "model.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -61,6 +65,11 @@ def write_text_atomic(path: Path, text: str):
 
 def save_atomic(obj, path: Path):
     _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+
+
+def save_weights(state_dict: dict, path: Path):
+    """The model's weights as safetensors (fp32 as trained; contiguous, as the format wants), written atomically."""
+    _write_atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp))
 
 
 def read_json(path: Path) -> dict:
@@ -133,8 +142,21 @@ def read_checkpoint(run_dir, device="cpu") -> dict:
                               "by a copy. Delete it and train the run again (it starts over from step 0).") from None
 
 
+def has_model(run_dir) -> bool:
+    """A finished run whose model can be loaded: from its checkpoint, or from the kept weights of a record."""
+    run_dir = Path(run_dir)
+    return (run_dir / SUMMARY).exists() and ((run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists())
+
+
 def load_model(run_dir, device="cpu"):
-    """(model in eval mode, Config) of a run directory's newest checkpoint."""
+    """(model in eval mode, Config) of a run directory's newest checkpoint, or else of its kept weights (a record:
+    the config is config.json's)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / CHECKPOINT).exists() and (run_dir / WEIGHTS).exists():
+        config = Config.from_dict(read_json(run_dir / CONFIG))
+        model = build_model(config).to(device)
+        model.load_state_dict(load_file(run_dir / WEIGHTS, device=str(device)))
+        return model.eval(), config
     ckpt = read_checkpoint(run_dir, device)
     config = Config.from_dict(ckpt["config"])
     model = build_model(config).to(device)

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..runfiles import CHECKPOINT, run_finished
+from ..runfiles import CHECKPOINT
 from .experiments import drawn_runs, planned_runs
 from .runs import records_control, run_dir_for, runs_root
 from .suite import Suite
@@ -63,12 +63,14 @@ def _worker(preset, seeds, out_dir, runs_root_dir, device, dataset, index, tasks
     while (overrides := tasks.get()) is not None:
         name, started = suite.record_path(**overrides).name, time.time()
         run_dir = run_dir_for(suite.config(**overrides), runs_root_dir)
-        status = "evaluated" if run_finished(run_dir) else "resumed" if (run_dir / CHECKPOINT).exists() else "trained"
+        status = "evaluated" if suite.has_model(**overrides) else "resumed" if (run_dir / CHECKPOINT).exists() \
+            else "trained"
         log_path = run_log(runs_root_dir, name)
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "w") as log, contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             try:
-                suite.run(**overrides)  # a drawn run with a record may still lack its checkpoint
+                if not suite.has_model(**overrides):  # trained first: SIGTERM then checkpoints it
+                    suite.run(**overrides)
                 evaluating.append(1)
                 suite.record(**overrides)
             except SystemExit as exit_:  # SIGTERM during training: train() wrote a checkpoint
@@ -219,8 +221,8 @@ def run_campaign(preset: str, seeds=None, out_dir="results", runs_root_dir=None,
     plan = campaign_plan(suite) if plan is None else plan
     drawn = drawn_runs(None, suite.seeds)
 
-    def needs_work(o):  # no current record, or a drawn run without its checkpoint
-        return not suite.has_record(**o) or (o in drawn and not suite.has_run(**o))
+    def needs_work(o):  # no current record, or a drawn run whose model is not at hand
+        return not suite.has_record(**o) or (o in drawn and not suite.has_model(**o))
 
     pending = [o for o in plan if needs_work(o)]
     print(f"campaign {suite.name}: {len(plan)} planned runs, {len(plan) - len(pending)} already recorded in "

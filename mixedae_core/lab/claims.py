@@ -4,7 +4,8 @@ import math
 
 import numpy as np
 import pandas as pd
-from scipy.stats import ttest_rel
+from scipy.optimize import brentq
+from scipy.stats import nct, t, ttest_rel
 
 
 def per_seed(table: pd.DataFrame, column: str, **where) -> np.ndarray:
@@ -41,6 +42,28 @@ def paired_test(a, b) -> float:
     if np.allclose(d, d[0], rtol=1e-9, atol=1e-12):
         return 0.0 if abs(d[0]) > 1e-12 else 1.0
     return float(ttest_rel(a, b).pvalue)
+
+
+def detectable_gap(a, b, alpha: float = 0.05, power: float = 0.8) -> float:
+    """The power line: the smallest true mean gap (a - b, in their units) that a two-sided paired t-test at `alpha`
+    detects with probability `power`, given the spread of the paired differences measured (noncentral t); nan with
+    fewer than 2 pairs or no spread. A gap this large or larger would rarely hide behind "not significant"."""
+    d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
+    n = len(d)
+    if n < 2 or not d.std(ddof=1) > 0:
+        return float("nan")
+    df, critical = n - 1, t.ppf(1 - alpha / 2, n - 1)
+
+    def shortfall(effect):  # power of the test at standardised effect `effect`, minus the power asked for
+        shift = effect * math.sqrt(n)
+        return nct.sf(critical, df, shift) + nct.cdf(-critical, df, shift) - power
+
+    high = 1.0
+    while shortfall(high) < 0:
+        high *= 2
+    if math.isnan(shortfall(high)):  # noncentral t past scipy's range (2 or 3 pairs): the normal-shift approximation
+        return (critical + t.ppf(power, df)) / math.sqrt(n) * d.std(ddof=1)
+    return brentq(shortfall, 1e-9, high) * d.std(ddof=1)
 
 
 def holm(p_values) -> list[float]:
@@ -88,11 +111,13 @@ def claim(text: str, a, b, paper_sign: int, label_a: str, label_b: str, scale=10
     p = paired_test(a, b) if len(a) == len(b) else float("nan")
     gap = None if floor_gap is None else floor_gap * scale
     spread = max(a.std(ddof=1), b.std(ddof=1)) * scale if min(len(a), len(b)) >= 2 else float("nan")
+    detectable = detectable_gap(a, b) * scale if len(a) == len(b) else float("nan")
     return {"claim": text,
             "measured": f"{label_a} {mean_std(a, scale, digits)} vs {label_b} {mean_std(b, scale, digits)} "
                         f"({'+' if diff >= 0 else ''}{_number(diff, None if digits is None else digits + 1)}"
                         f"{' ' + unit if unit else ''})",
             "difference": diff, "p_value": p, "seeds": len(a), "unit": unit, "seed_spread": spread,
+            "detectable_gap": detectable,
             "paper_sign": paper_sign, "floor_gap": gap,
             "reference": reference or ("" if gap is None else f"models {gap:.3g} below their content floor"),
             "verdict": verdict(diff, p, paper_sign, floor_gap=gap)}

@@ -35,12 +35,12 @@ TRANSFER_COMPARISONS = (("Naive mixing hurts transfer: MAE > naive", "mae", "nai
 
 
 def transfer_claims(rows: pd.DataFrame, baselines: pd.DataFrame) -> list[dict]:
-    """The paper's three orderings of the methods, for kNN and linear probe on [CLS], each read against the
-    random-init encoder and raw pixels."""
+    """The paper's three orderings of the methods under our diagnostic protocols, kNN and linear probe on the frozen
+    [CLS], each read against the random-init encoder and raw pixels."""
     random_init, pixels = (baselines.set_index("baseline").loc[name] for name in ("random_init", "raw_pixels"))
     claims = []
-    for metric, pixel_metric, label in (("knn_cls", "knn_pixels", "kNN [CLS]"),
-                                        ("probe_cls", "probe_pixels", "linear probe [CLS]")):
+    for metric, pixel_metric, label in (("knn_cls", "knn_pixels", "frozen [CLS] kNN"),
+                                        ("probe_cls", "probe_pixels", "frozen [CLS] linear probe")):
         ref = f"random init {100 * random_init[metric]:.1f}, raw pixels {100 * pixels[pixel_metric]:.1f}"
         claims += [claim(f"{text} ({label})", per_seed(rows, metric, method=a), per_seed(rows, metric, method=b), +1,
                          METHOD_LABELS[a], METHOD_LABELS[b], reference=ref) for text, a, b in TRANSFER_COMPARISONS]

@@ -67,13 +67,13 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
 
 def missing_runs(suite: Suite, names: list[str]) -> dict[str, list[str]]:
     """{notebook: the runs it still needs}, for the notebooks among `names` that lack a record (named by the record),
-    or the checkpoint of a model they draw (named '<record> (checkpoint)')."""
+    or the model they draw, neither in the run cache nor kept beside its record (named '<record> (model)')."""
     waiting = {}
     for name in names:
         nb = Suite(suite.preset, suite.seeds, suite.device, str(suite.out), notebook=name, runs_root=suite.runs_root,
                    dataset=suite.dataset, progress=False)
         missing = [nb.record_path(**r).name for r in nb.runs() if not nb.has_record(**r)]
-        missing += [f"{nb.record_path(**r).name} (checkpoint)" for r in nb.drawn() if not nb.has_run(**r)]
+        missing += [f"{nb.record_path(**r).name} (model)" for r in nb.drawn() if not nb.has_model(**r)]
         if missing:
             waiting[name] = sorted(set(missing))
     return waiting

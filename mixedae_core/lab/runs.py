@@ -2,8 +2,9 @@
 of a finished run into its eval.json, and its record for results/.
 
 A run's record, results/runs/<preset>/<run name>/, holds its config.json, metrics.jsonl, summary.json and
-eval.json, and no checkpoint: small enough to commit. Tables come from records, so committed records
-regenerate every table without training. A preset run on another dataset keeps its records, tables, figures
+eval.json, and its kept weights (model.safetensors: the model, fp32, no optimizer state), small enough to commit.
+Tables come from records, so committed records regenerate every table without training, and a changed
+evaluation re-evaluates a record from its kept weights, in place. A preset run on another dataset keeps its records, tables, figures
 and notebooks apart, in results/*/<preset>-<dataset>/ (`results_name`).
 """
 import dataclasses
@@ -18,12 +19,13 @@ from pathlib import Path
 from ..config import PRESETS, Config, EvalConfig, ModelConfig
 from ..evaluate import CONTROL, CONTROL_VERSION, baseline_scores, evaluate_model, mae_twin, supervised_control
 from ..objects import has_object_masks
-from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, load_model, read_json, run_finished,
-                        write_text_atomic)
+from ..transfer import DENSE_CONTROL, dense_control, dense_measured, transfer_baselines, transfer_scores
+from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, WEIGHTS, RunFileError, has_model, load_model,
+                        read_checkpoint, read_json, run_finished, save_weights, write_text_atomic)
 from ..train import CODE_VERSION, available_device, train
 from .provenance import REPO, provenance, stamp
 
-EVAL_VERSION = "4"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
+EVAL_VERSION = "5"  # bump when a change alters what evaluate_run computes: cached eval.json is recomputed
 RECORD_FILES = (CONFIG, METRICS, SUMMARY, "eval.json")  # eval.json last: it marks a whole record
 
 
@@ -98,11 +100,21 @@ def records_control(config: Config, ec: EvalConfig) -> bool:
 def cached_baselines(config: Config, ec: EvalConfig, device, root, progress: bool = False) -> dict:
     """`evaluate.baseline_scores`, computed once per (sizes, data, seed, recipe) under `root`/baselines, since
     every run of a comparison shares them, and the positive control where `records_control`."""
-    result = computed_once(baselines_path(config, ec, root), lambda: baseline_scores(config, ec, device, progress))
-    result.pop(CONTROL, None)  # baselines cached before the control had its own entry held an outdated one
+    result = computed_once(baselines_path(config, ec, root), lambda: all_baselines(config, ec, device, progress))
     if records_control(config, ec):
         result[CONTROL] = computed_once(baselines_path(config, ec, root, f"control-v{CONTROL_VERSION}-"),
                                         lambda: supervised_control(config, ec, device, progress))
+        if dense_measured(config, ec):
+            result[DENSE_CONTROL] = computed_once(baselines_path(config, ec, root, "dense-control-"),
+                                                  lambda: dense_control(config, ec, device, progress))
+    return result
+
+
+def all_baselines(config: Config, ec: EvalConfig, device, progress: bool = False) -> dict:
+    """`evaluate.baseline_scores` with the paper metrics' baselines (`transfer.transfer_baselines`) merged in."""
+    result = baseline_scores(config, ec, device, progress)
+    for name, scores in transfer_baselines(config, ec, device, progress).items():
+        result[name] = {**result.get(name, {}), **scores}
     return result
 
 
@@ -121,18 +133,22 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
             cached = {}
         if "config" in cached and cached.get("eval") == eval_key(Config.from_dict(cached["config"]), ec):
             return cached
-    if not (run_dir / CHECKPOINT).exists():
-        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt: is it a run directory?")
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"{run_dir} does not exist")
+    if not ((run_dir / CHECKPOINT).exists() or (run_dir / WEIGHTS).exists()):
+        raise FileNotFoundError(f"{run_dir} holds no checkpoint.pt and no {WEIGHTS}: is it a run directory?")
     if not (run_dir / SUMMARY).exists():
         raise FileNotFoundError(f"{run_dir} has not finished (no summary.json): resume it first "
                                 "(python -m mixedae_core pretrain --out RUN_DIR --resume ...)")
-    model, config = load_model(run_dir, "cpu")  # the checkpoint's config picks the device, not config.json
+    model, config = load_model(run_dir, "cpu")  # the run's config picks the device
     dev = available_device(device or config.device)
     if not -config.depth <= ec.attention_layer < config.depth:
         raise ValueError(f"attention_layer {ec.attention_layer} is not a block of this encoder (depth {config.depth}: "
                          f"0..{config.depth - 1}, or -1 for the last)")
     model = model.to(dev)
-    scores = {"encoder": evaluate_model(model, config, ec, progress)}
+    noise_seeds = tuple(range(ec.noise_seeds)) if records_control(config, ec) else (0,)
+    scores = {"encoder": {**evaluate_model(model, config, ec, progress),
+                          **transfer_scores(model, config, ec, noise_seeds, progress)}}
     if ec.baselines:
         scores.update(cached_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
     result = {"run": run_dir.name, "eval": eval_key(config, ec), "config": config.to_dict(), "scores": scores,
@@ -156,13 +172,20 @@ def results_name(preset: str, dataset: str | None = None) -> str:
 
 
 def record_is_current(record: Path, ec: EvalConfig) -> bool:
-    if not all((record / name).exists() for name in RECORD_FILES):
+    if not all((record / name).exists() for name in (*RECORD_FILES, WEIGHTS)):
         return False
     evaluation = json.loads((record / "eval.json").read_text())
     return evaluation.get("eval") == eval_key(Config.from_dict(evaluation["config"]), ec)
 
 
 def export_record(run_dir: Path, record: Path):
+    """The run's record files and its kept weights (from its checkpoint) in `record`."""
     record.mkdir(parents=True, exist_ok=True)
+    save_weights(read_checkpoint(run_dir)["model"], record / WEIGHTS)
     for name in RECORD_FILES:
         write_text_atomic(record / name, (Path(run_dir) / name).read_text())
+
+
+def record_has_model(record: Path) -> bool:
+    """A record with its kept weights, from which it can be re-evaluated and its model drawn without training."""
+    return has_model(record) and (record / CONFIG).exists()
