@@ -507,7 +507,7 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         # below the seed spread; kNN and probe fitted on the first 10k training images, since encoding 60k costs
         # 3 min per point on one core. The positive control of the object measure trains twice the cpu preset's.
         train=dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, epochs=5, batch_size=128,
-                   blr=2e-3, warmup_epochs=0.25, log_every=25, device="cpu", precision="auto"),
+                   blr=2e-3, warmup_epochs=0.25, log_every=25, device="cpu", precision="fp32"),
         eval=EvalConfig(train_subset=10_000, control_epochs=4, **PAPER_METRICS_CPU), seeds=(0, 1, 2),
         curve_epochs=(1, 2, 3, 4),
         title="Headline: long CPU preset (5 epochs)",
@@ -523,7 +523,7 @@ PRESETS = {  # in the order results/README.md shows them: the headline first
         # 0.93. 3e-3 wrecks MixedAE's [CLS], so 2e-3. `make reproduce` trains every run of the suite (the headline's 3 seeds, one
         # seed per ablation), 2 side by side: each trains in 3-4 min and evaluates in about 1 min on 2 cores.
         train=dict(dataset="fashion-mnist", **FASHION_CPU_MODEL, epochs=1, batch_size=128,
-                   blr=2e-3, warmup_epochs=0.1, log_every=25, device="cpu", precision="auto"),
+                   blr=2e-3, warmup_epochs=0.1, log_every=25, device="cpu", precision="fp32"),
         eval=EvalConfig(train_subset=5000, test_subset=1000, control_epochs=2, **PAPER_METRICS_CPU), seeds=(0, 1, 2),
         title="CPU preset (a demonstration of the pipeline, not evidence)",
         note="CPU preset: a runnable demonstration of the pipeline on a 2-core machine. Each model trains for "

@@ -3,9 +3,9 @@ segmentation of scenes built from the dataset's own objects, with exact labels, 
 
 A scene holds `objects` objects of different classes, shrunk and placed at random over clutter (fragments of other
 images, labelled background), so that a patch's class cannot be read off the scene's class: the encoder has to
-say which object each patch belongs to. Patch features are the encoder's patch tokens (no [CLS]). Two read-outs:
-a linear head on frozen patch tokens (`frozen_miou`) and the encoder fine-tuned end to end with that head
-(`finetuned_miou`, the paper's protocol); docs/METHOD.md ("Dense transfer") gives the pilot that chose one.
+say which object each patch belongs to. The read-out is the paper's: the encoder fine-tuned end to end with a
+linear head on its patch tokens (no [CLS]), `train_segmentation`; docs/METHOD.md §9 gives the pilot that chose it
+over a head on frozen tokens.
 """
 import torch
 import torch.nn as nn
@@ -84,16 +84,6 @@ def mean_iou(pred: torch.Tensor, target: torch.Tensor, num_labels: int) -> float
     return (tp[union > 0] / union[union > 0]).mean().item()
 
 
-@torch.no_grad()
-def patch_tokens(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, dataset: str,
-                 batch_size: int = 500) -> torch.Tensor:
-    """The encoder's patch tokens after the final norm, every patch a row: [n * N, D]."""
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model.forward_features(normalize(images_uint8[s:s + batch_size].to(device), dataset))[:, 1:]
-                      .float().flatten(0, 1) for s in range(0, len(images_uint8), batch_size)])
-
-
 def patch_pixels(images_uint8: torch.Tensor, dataset: str, patch_size: int) -> torch.Tensor:
     """Each patch's normalised pixels, every patch a row: the raw-pixel baseline. [n * N, C p p]."""
     x = normalize(images_uint8, dataset)
@@ -115,18 +105,22 @@ class SegmentationViT(nn.Module):
 def train_segmentation(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, targets: torch.Tensor, dataset: str,
                        recipe: FinetuneRecipe, num_labels: int, seed: int = 0, precision: str = "fp32",
                        progress: bool = False) -> SegmentationViT:
-    """`SegmentationViT(model)` trained end to end on scenes with patch labels `targets` [n, N], MAE's fine-tuning
-    recipe (layer decay, warm-up + cosine, AdamW); flips only, which keep the patch grid. Eval mode."""
+    """`SegmentationViT(model)` trained end to end on scenes with patch labels `targets` [n, N]: `recipe`'s layer decay,
+    warm-up + cosine, AdamW and weight decay; flips only, which keep the patch grid; no drop path or label smoothing
+    (the encoder is `timm_encoder`'s, the loss per patch). Eval mode."""
     device = next(model.parameters()).device
     torch.manual_seed(seed)
     seg = SegmentationViT(model, num_labels).train()
     images_uint8, targets = images_uint8.to(device), targets.to(device)
     steps_per_epoch = len(images_uint8) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(images_uint8)} labelled scenes give no full batch of {recipe.batch_size}")
     lrs = lr_schedule(recipe.blr * recipe.batch_size / 256, 1e-6, recipe.epochs * steps_per_epoch,
                       recipe.warmup_epochs * steps_per_epoch)
     groups = param_groups_layer_decay(seg.vit, recipe.weight_decay, seg.vit.no_weight_decay(),
                                       layer_decay=recipe.layer_decay)
-    groups.append({"params": list(seg.head.parameters()), "weight_decay": 0.0, "lr_scale": 1.0})
+    groups += [{"params": [seg.head.weight], "weight_decay": recipe.weight_decay, "lr_scale": 1.0},
+               {"params": [seg.head.bias], "weight_decay": 0.0, "lr_scale": 1.0}]
     opt = torch.optim.AdamW(groups, lr=float(lrs[0]), betas=(0.9, 0.999))
     g = torch.Generator(device).manual_seed(seed)
     grid = model.config.img_size // model.config.patch_size

@@ -28,5 +28,7 @@ def test_the_power_line_needs_two_pairs_and_a_spread():
 
 
 def test_a_claim_carries_its_power_line_in_its_units():
-    c = claim("a > b", [0.80, 0.82, 0.81], [0.79, 0.80, 0.82], +1, "a", "b")
-    assert c["detectable_gap"] == pytest.approx(100 * detectable_gap([0.80, 0.82, 0.81], [0.79, 0.80, 0.82]))
+    """In points, as the claim's difference; none from a single seed."""
+    c = claim("a > b", [0.81, 0.82, 0.80], [0.80, 0.80, 0.79], +1, "a", "b")
+    assert c["detectable_gap"] == pytest.approx(detectable_gap([81, 82, 80], [80, 80, 79]), rel=1e-6)
+    assert math.isnan(claim("a > b", [0.8], [0.7], +1, "a", "b")["detectable_gap"])

@@ -176,8 +176,9 @@ def _collect(workers: _Workers, outcome: dict, deadline, grace_s: float, bar, on
             return
         workers.holding[index] = None
         _record(outcome, bar, status, overrides, name, seconds)
-        latest = latest_start(deadline, outcome["trained"] + outcome["resumed"], one_off)
-        if status in ("trained", "resumed") and latest is not None:  # do not start what cannot finish
+        # an evaluation from kept weights is sized like a training run (~10 min here): it counts too
+        latest = latest_start(deadline, outcome["trained"] + outcome["resumed"] + outcome["evaluated"], one_off)
+        if status in ("trained", "resumed", "evaluated") and latest is not None:  # do not start what cannot finish
             workers.start_by = min(workers.start_by, latest)
         if status != "stopped":  # the worker that sent it waits for its next run
             workers.hand_out(index)

@@ -50,7 +50,7 @@ def detectable_gap(a, b, alpha: float = 0.05, power: float = 0.8) -> float:
     fewer than 2 pairs or no spread. A gap this large or larger would rarely hide behind "not significant"."""
     d = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
     n = len(d)
-    if n < 2 or not d.std(ddof=1) > 0:
+    if n < 2 or not d.std(ddof=1) > 1e-9 * max(np.abs(d).max(), 1e-12):  # one difference, up to float rounding
         return float("nan")
     df, critical = n - 1, t.ppf(1 - alpha / 2, n - 1)
 

@@ -218,7 +218,7 @@ def k_claims(rows: pd.DataFrame, designs: pd.DataFrame, config) -> list[dict]:
     default_k, global_k = config.resolved_topk, config.patch_keys
     selected = per_seed(designs, "topk_acc", design=DEFAULT_DESIGN)
     return [
-        claim(f"Homologous attention (K = {default_k}) beats global attention (K = {global_k}), kNN [CLS]",
+        claim(f"Homologous attention (K = {default_k}) beats global attention (K = {global_k}), frozen [CLS] kNN",
               per_seed(rows, "knn_cls", K=default_k), per_seed(rows, "knn_cls", K=global_k), +1,
               f"K={default_k}", "global"),
         claim(f"TopK selects an image's own patches above chance (K = {default_k}, mean over layers)",
@@ -253,7 +253,7 @@ def ablation_claims(table: pd.DataFrame) -> list[dict]:
     knn = table.set_index("design")["knn_cls"]
     as_written, loss_off, half = ABLATIONS
     def vs(text, a, b, label_a, label_b):
-        return claim(f"{text}, kNN [CLS]", [knn[a]], [knn[b]], +1, label_a, label_b)
+        return claim(f"{text}, frozen [CLS] kNN", [knn[a]], [knn[b]], +1, label_a, label_b)
     deviation = 100 * (knn[DEFAULT_DESIGN] - knn[as_written])
     return [vs("The paper as written fixes naive mixing: as written > naive", as_written, "naive mixing", "as written",
                "naive"),

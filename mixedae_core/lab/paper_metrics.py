@@ -6,6 +6,7 @@ import pandas as pd
 from ..transfer import DENSE_CONTROL
 from .claims import claim, per_seed, reported, unvalidated
 from .findings import METHOD_LABELS, TRANSFER_COMPARISONS
+from .suite import Suite
 
 FINETUNE_PROTOCOL = "fine-tuning top-1, end to end, pooled, low-label"
 DENSE_PROTOCOL = "dense mIoU, segmentation fine-tuned end to end, patch level"
@@ -25,9 +26,17 @@ def paper_metric_claims(rows: pd.DataFrame, baselines: pd.DataFrame, metric: str
             for text, a, b in TRANSFER_COMPARISONS]
 
 
-def noise_notes(rows: pd.DataFrame, evaluation: dict) -> list[str]:
-    """Each paper metric's own noise (one checkpoint fine-tuned with several seeds, in the control seed's MAE record)
-    beside the headline seed spread of that metric."""
+def noise_evaluation(suite: Suite) -> dict | None:
+    """The record that carries the paper metrics' own noise: the control seed's MAE run, if the suite has that seed."""
+    seed = suite.eval_config.control_seed
+    return suite.evaluation(method="mae", seed=seed) if seed in suite.seeds else None
+
+
+def noise_notes(rows: pd.DataFrame, evaluation: dict | None) -> list[str]:
+    """Each paper metric's own noise (one checkpoint fine-tuned with several seeds: `noise_evaluation`) beside the
+    headline seed spread of that metric."""
+    if evaluation is None:
+        return []
     encoder, notes = evaluation["scores"]["encoder"], []
     for metric, label in (("finetune_top1", "fine-tuning top-1"), ("dense_miou", "dense mIoU")):
         if f"{metric}_seeds" not in encoder or rows[metric].isna().any():

@@ -149,8 +149,9 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
     noise_seeds = tuple(range(ec.noise_seeds)) if records_control(config, ec) else (0,)
     scores = {"encoder": {**evaluate_model(model, config, ec, progress),
                           **transfer_scores(model, config, ec, noise_seeds, progress)}}
-    if ec.baselines:
-        scores.update(cached_baselines(config, ec, dev, baselines_root or run_dir.parent, progress))
+    if ec.baselines:  # a run directory's neighbours share them; a record's go to the run cache, never into results/
+        default_root = runs_root() if not (run_dir / CHECKPOINT).exists() else run_dir.parent
+        scores.update(cached_baselines(config, ec, dev, baselines_root or default_root, progress))
     result = {"run": run_dir.name, "eval": eval_key(config, ec), "config": config.to_dict(), "scores": scores,
               "provenance": provenance(dev)}
     write_text_atomic(path, json.dumps(result, indent=1))
