@@ -19,11 +19,19 @@ def cpu_with_native_bf16(monkeypatch, native: bool):
 
 
 @pytest.mark.parametrize("native, expected", [(True, "bf16"), (False, "fp32")])
-def test_the_cpu_preset_trains_in_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, native, expected):
+def test_auto_trains_in_bf16_only_where_the_cpu_multiplies_bf16_natively(monkeypatch, native, expected):
     cpu_with_native_bf16(monkeypatch, native)
-    config = make_config("cpu")
+    config = make_config("cpu", precision="auto")
     assert config.precision == expected  # resolved when made: config.json says what the run computed in
     assert Config(**config.to_dict()).precision == expected
+
+
+@pytest.mark.parametrize("native", [True, False])
+@pytest.mark.parametrize("preset", ["cpu", "long"])
+def test_the_cpu_presets_name_the_same_runs_on_every_cpu(monkeypatch, native, preset):
+    """Their committed records are fp32: a CPU with native bf16 must find them, not train the suite again in bf16."""
+    cpu_with_native_bf16(monkeypatch, native)
+    assert make_config(preset).precision == "fp32"
 
 
 def test_precision_is_part_of_the_run_key_and_fp32_keeps_the_keys_of_older_runs():
