@@ -14,6 +14,7 @@ import json
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from ..config import PRESETS, Config, EvalConfig, ModelConfig
@@ -147,13 +148,19 @@ def evaluate_run(run_dir, ec: EvalConfig | None = None, device: str | None = Non
                          f"0..{config.depth - 1}, or -1 for the last)")
     model = model.to(dev)
     noise_seeds = tuple(range(ec.noise_seeds)) if records_control(config, ec) else (0,)
-    scores = {"encoder": {**evaluate_model(model, config, ec, progress),
-                          **transfer_scores(model, config, ec, noise_seeds, progress)}}
+    clock = time.perf_counter()
+    frozen = evaluate_model(model, config, ec, progress)
+    seconds = {"frozen": time.perf_counter() - clock}
+    transfer = transfer_scores(model, config, ec, noise_seeds, progress)
+    seconds["transfer_per_seed"] = (time.perf_counter() - clock - seconds["frozen"]) / len(noise_seeds)
+    scores = {"encoder": frozen | transfer}
     if ec.baselines:  # a run directory's neighbours share them; a record's go to the run cache, never into results/
         default_root = runs_root() if not (run_dir / CHECKPOINT).exists() else run_dir.parent
         scores.update(cached_baselines(config, ec, dev, baselines_root or default_root, progress))
+    # the cost of evaluating this encoder (baselines are cached across runs, so not counted); on a busy machine
+    # these are upper bounds
     result = {"run": run_dir.name, "eval": eval_key(config, ec), "config": config.to_dict(), "scores": scores,
-              "provenance": provenance(dev)}
+              "seconds": {k: round(v, 1) for k, v in seconds.items()}, "provenance": provenance(dev)}
     write_text_atomic(path, json.dumps(result, indent=1))
     return result
 
