@@ -36,12 +36,15 @@ def models(suite: Suite):
 def finetune_rows(suite: Suite) -> list[dict]:
     config, encoders = models(suite)
     train, test = dataset_of(config, "train"), dataset_of(config, "test")
-    rows = []
+    rows, probes = [], {}
     for recipe in FINETUNE:
         labelled = labelled_subset(train, recipe.labels)
         for name, model in encoders.items():
-            features = [extract_features(model, s.images, s.name)["mean"] for s in (labelled, test)]
-            probe = linear_probe_accuracy(features[0], labelled.labels, features[1], test.labels)
+            if (name, recipe.labels) not in probes:  # the frozen probe depends on the labels alone, not the recipe
+                features = [extract_features(model, s.images, s.name)["mean"] for s in (labelled, test)]
+                probes[name, recipe.labels] = linear_probe_accuracy(features[0], labelled.labels, features[1],
+                                                                    test.labels)
+            probe = probes[name, recipe.labels]
             t0 = time.time()
             rows.append({"metric": "finetune_top1", "model": name, **dataclasses.asdict(recipe),
                          "value": finetune_top1(model, train, test, recipe),
