@@ -141,7 +141,7 @@ class FileLock:
 
     def __exit__(self, *exc):
         if self._still_ours():  # removed while still locked, so no one takes a file that is going away
-            self.path.unlink()
+            self.path.unlink(missing_ok=True)
         self.file.close()  # releases the lock
 
 

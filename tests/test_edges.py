@@ -320,7 +320,7 @@ def test_a_second_reproduce_on_one_results_folder_is_refused_with_the_first_ones
     first = smoke_reproduce(tmp_path / "out", tmp_path / "runs")
     try:
         lock, deadline = tmp_path / "out" / ".smoke.lock", time.time() + 120
-        while not (lock.exists() and lock.read_text()) and time.time() < deadline:
+        while not (lock.exists() and lock.stat().st_size) and time.time() < deadline and first.poll() is None:
             time.sleep(0.2)
         assert lock.exists(), "the first reproduce holds no lock on its results folder"
         second = smoke_reproduce(tmp_path / "out", tmp_path / "runs-2")

@@ -2,6 +2,7 @@
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -343,8 +344,9 @@ def tree(folder: Path) -> dict:
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_notebook_run_by_hand_writes_apart_and_leaves_the_results_folder_as_it_was(tmp_path):
+def test_a_notebook_run_by_hand_writes_apart_and_leaves_the_results_folder_as_it_was(tmp_path, monkeypatch):
     """As "Run All" in Jupyter: no MIXEDAE_WRITE_RESULTS."""
+    monkeypatch.delenv("MIXEDAE_WRITE_RESULTS", raising=False)
     out, runs = tmp_path / "results", str(tmp_path / "runs")
     execute_notebook(NOTEBOOK_DIR / "00_tour.ipynb", tmp_path / "00.ipynb",  # as make reproduce does
                      {"preset": "smoke", "out_dir": str(out), "runs_root": runs}, progress=False)
@@ -365,6 +367,7 @@ def test_an_outdated_committed_record_read_by_hand_is_evaluated_again_in_a_copy(
     outdated["eval"]["recipe_of_the_past"] = True
     (record / "eval.json").write_text(json.dumps(outdated))
     before = tree(out)
+    shutil.rmtree(runs)  # the kept weights alone: the record is evaluated again, not retrained
     by_hand = Suite("smoke", [0], out_dir=str(out), runs_root=runs, progress=False, by_hand=True)
     fresh = by_hand.record(method="mae", seed=0)
     assert tree(out) == {**before, **{p: b for p, b in tree(out).items() if p.parts[0] == INTERACTIVE}}

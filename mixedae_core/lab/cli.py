@@ -292,8 +292,8 @@ def one_writer(args):
     out.mkdir(parents=True, exist_ok=True)
     try:
         with FileLock(out / f".{results_name(args.preset, args.dataset)}.lock",
-                      f"{out} is being written by another campaign or reproduce of this preset (pid {{pid}}): wait "
-                      "for it to finish, or stop it (kill {pid}); the same command then continues its runs"):
+                      "{path.parent} is being written by another campaign or reproduce of this preset (pid {pid}): "
+                      "wait for it to finish, or stop it (kill {pid}); the same command then continues its runs"):
             yield
     finally:
         for folder in made:

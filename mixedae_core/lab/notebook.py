@@ -5,6 +5,7 @@ import ast
 import math
 import os
 import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -20,8 +21,9 @@ from .suite import Suite
 
 NOTEBOOK_DIR = REPO / "notebooks"
 WRITE_RESULTS = "MIXEDAE_WRITE_RESULTS"  # "1" in the notebooks `make reproduce` executes: only they write results/
-# The user's input, not a bug: shown as one line. A ValueError (a value refused) keeps its frames too.
-INPUT_ERRORS = (DatasetError, RunFileError, CheckpointError, FileNotFoundError)
+# The user's input or the machine's state, not a bug: shown as one line. A ValueError or FileNotFoundError (often
+# a value refused, sometimes a bug) keeps its frames.
+INPUT_ERRORS = (DatasetError, RunFileError, CheckpointError)
 # The parameters every notebook declares whose defaults (None) do not tell their type: (types, in words).
 PARAMETER_TYPES = {"seeds": ((list, type(None)), "a list of integers such as [0, 1, 2], or None for the preset's seeds"),
                    "runs_root": ((str, type(None)), "a folder path, or None for runs/ in the repository"),
@@ -81,8 +83,9 @@ def show_errors_in_notebook_terms(shell, parameters):
         message = in_notebook_terms(str(value), parameters)
         frames = [] if issubclass(etype, INPUT_ERRORS) else \
             shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset)[:-1]
+        sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb  # for %debug
         shell._showtraceback(etype, message, frames + [f"{etype.__name__}: {message}"])  # papermill reads this
-    shell.set_custom_exc((ValueError, *INPUT_ERRORS), handler)
+    shell.set_custom_exc((ValueError, FileNotFoundError, *INPUT_ERRORS), handler)
 
 
 def start(notebook: str, preset: str, seeds=None, device: str = "auto", out_dir: str = "results",

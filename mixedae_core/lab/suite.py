@@ -6,6 +6,7 @@ the figures that draw a model need its checkpoint (and train it when it is missi
 """
 import functools
 import json
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -114,8 +115,10 @@ class Suite:
         return resolve_device(self.config())
 
     def record_path(self, **overrides) -> Path:
-        """Where the run's record is read: the one this suite wrote, else the committed one."""
+        """Where the run's record is read: the committed one while it is current, else the one this suite wrote."""
         name = run_dir_for(self.config(**overrides), self.runs_root).name
+        if self.records == self.committed or record_is_current(self.committed / name, self.eval_config):
+            return self.committed / name
         return self.records / name if (self.records / name).exists() else self.committed / name
 
     def has_run(self, **overrides) -> bool:
@@ -136,8 +139,11 @@ class Suite:
             return source
         record = self.records / source.name
         if record_has_model(source) and not self.has_run(**overrides):  # re-evaluated from its kept weights
-            if record != source:  # a committed record, re-evaluated by hand: in a copy
-                shutil.copytree(source, record, dirs_exist_ok=True)
+            if record != source:  # a committed record, re-evaluated by hand: in a copy, renamed in place when whole
+                partial = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source, partial)
+                os.replace(partial, record)
             evaluate_run(record, self.eval_config, progress=False, baselines_root=self.runs_root or runs_root())
             return record
         run_dir = self.run(**overrides)
