@@ -12,6 +12,7 @@ import gzip
 import math
 import os
 from dataclasses import dataclass, replace
+from multiprocessing.pool import ThreadPool
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.nn.functional as F
 import torchvision.datasets as tvd
 import torchvision.transforms as T
 from torch.utils.data import DataLoader, DistributedSampler, Subset
+from PIL import Image
 from torchvision.datasets import ImageFolder
 
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -239,8 +241,19 @@ HOLDOUT_SHARE = 0.1
 HOLDOUT_SEED = 0
 
 
+def readable_header(path: str) -> bool:
+    """Whether PIL can open the file as an image (it parses the header; the pixels are decoded later)."""
+    try:
+        with Image.open(path) as image:
+            return image.size[0] > 0
+    except Exception:  # PIL raises several types for a corrupt file
+        return False
+
+
 class CheckedImageFolder(ImageFolder):
-    """torchvision ImageFolder whose unreadable files raise a `DatasetError` naming the file."""
+    """torchvision ImageFolder whose unreadable files raise a `DatasetError` naming them: every file's header is
+    read up front (threads: on network storage an ImageNet listing is mostly waiting), so a corrupt file stops
+    the run before training, not an epoch into it; a file whose pixels cannot be decoded is named when read."""
 
     def __init__(self, root: str, transform):
         if not Path(root).is_dir():
@@ -254,6 +267,13 @@ class CheckedImageFolder(ImageFolder):
         empty = [path for path, _ in self.samples if os.path.getsize(path) == 0]  # a stat each: cheap up front
         if empty:
             raise DatasetError(f"image folder {root} holds {len(empty)} empty file(s), e.g. {empty[0]}: remove them")
+        paths = [path for path, _ in self.samples]
+        with ThreadPool(16) as pool:
+            unreadable = [p for p, ok in zip(paths, pool.map(readable_header, paths, chunksize=4096)) if not ok]
+        if unreadable:
+            raise DatasetError(f"image folder {root} holds {len(unreadable)} file(s) that are not readable images: "
+                               f"{', '.join(unreadable[:5])}{' ...' if len(unreadable) > 5 else ''}. Remove or "
+                               "replace them.")
 
     def __getitem__(self, index):
         path = self.samples[index][0]

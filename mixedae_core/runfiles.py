@@ -12,7 +12,8 @@
 
 Writes go beside the file and are renamed over it, so a reader never sees half a file; a write that fails
 (a full disk) removes its temporary file and leaves the previous file as it was. One process writes a run
-directory at a time: the writer holds an exclusive lock on its `.lock` file (with its pid inside).
+directory at a time: the writer holds an exclusive lock on its `.lock` file (with its pid inside), removed
+when it ends.
 """
 import errno
 import fcntl
@@ -42,7 +43,7 @@ class RunFileError(RuntimeError):
     names the file and what to do."""
 
 
-def _write_atomic(path: Path, write):
+def write_atomic(path: Path, write):
     path = Path(path)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # several processes may write the same file
     try:
@@ -60,16 +61,16 @@ def _write_atomic(path: Path, write):
 
 
 def write_text_atomic(path: Path, text: str):
-    _write_atomic(path, lambda tmp: tmp.write_text(text))
+    write_atomic(path, lambda tmp: tmp.write_text(text))
 
 
 def save_atomic(obj, path: Path):
-    _write_atomic(path, lambda tmp: torch.save(obj, tmp))
+    write_atomic(path, lambda tmp: torch.save(obj, tmp))
 
 
 def save_weights(state_dict: dict, path: Path):
     """The model's weights as safetensors (fp32 as trained; contiguous, as the format wants), written atomically."""
-    _write_atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp))
+    write_atomic(path, lambda tmp: save_file({k: v.detach().cpu().contiguous() for k, v in state_dict.items()}, tmp))
 
 
 def read_json(path: Path) -> dict:
@@ -100,30 +101,54 @@ def read_metrics(run_dir) -> list[dict]:
     return records
 
 
-class RunLock:
-    """The run directory's writer lock: `with RunLock(run_dir):` while writing it. A second writer is refused
-    with a RunFileError naming the holder's pid. The lock goes with its process, however that ends."""
+class FileLock:
+    """An exclusive lock held by one process: `with FileLock(path, refusal):`. A second taker is refused at once
+    with a RunFileError, `refusal` formatted with the holder's pid (or, with `wait`, waits its turn). The pid is
+    written inside; the file is removed on exit, and one left by a killed process holds no lock (flock goes with
+    the process), so it is simply taken over."""
 
-    def __init__(self, run_dir):
-        self.path = Path(run_dir) / ".lock"
+    def __init__(self, path, refusal: str = "{path} is held by another process (pid {pid})", wait: bool = False):
+        self.path, self.refusal, self.wait = Path(path), refusal, wait
 
     def __enter__(self):
-        self.file = open(self.path, "a+")
-        try:
-            fcntl.flock(self.file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            self.file.seek(0)
-            holder = self.file.read().strip() or "unknown"
+        while True:
+            self.file = open(self.path, "a+")
+            try:
+                fcntl.flock(self.file, fcntl.LOCK_EX | (0 if self.wait else fcntl.LOCK_NB))
+            except BlockingIOError:
+                self.file.seek(0)
+                holder = self.file.read().strip() or "unknown"
+                self.file.close()
+                raise RunFileError(self.refusal.format(path=self.path, pid=holder)) from None
+            if self._still_ours():  # else the holder we waited for removed the file: lock the new one
+                break
             self.file.close()
-            raise RunFileError(f"{self.path.parent} is being written by another process (pid {holder}): wait for "
-                               f"it to finish, or stop it (kill {holder}) and resume the run") from None
-        self.file.truncate(0)
-        self.file.write(str(os.getpid()))
-        self.file.flush()
+        try:
+            self.file.truncate(0)
+            self.file.write(str(os.getpid()))
+            self.file.flush()
+        except OSError as err:
+            self.__exit__()
+            raise RunFileError(f"cannot write the lock {self.path} ({err}): free space or check the folder's "
+                               "permissions") from None
         return self
 
+    def _still_ours(self) -> bool:
+        try:
+            return os.stat(self.path).st_ino == os.fstat(self.file.fileno()).st_ino
+        except FileNotFoundError:
+            return False
+
     def __exit__(self, *exc):
+        if self._still_ours():  # removed while still locked, so no one takes a file that is going away
+            self.path.unlink(missing_ok=True)
         self.file.close()  # releases the lock
+
+
+def run_lock(run_dir) -> FileLock:
+    """The run directory's writer lock: `with run_lock(run_dir):` while writing it."""
+    return FileLock(Path(run_dir) / ".lock", "{path.parent} is being written by another process (pid {pid}): wait "
+                                             "for it to finish, or stop it (kill {pid}) and resume the run")
 
 
 def run_finished(run_dir) -> bool:

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from .config import LEGACY_VALUES, Config, device_name_error
 from .data import training_batches
 from .model import build_model
-from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, RunLock, read_checkpoint, read_metrics,
+from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, run_lock, read_checkpoint, read_metrics,
                        save_atomic, write_text_atomic)
 
 CODE_VERSION = "1"  # bump when a change alters what a run computes: cached runs are then retrained
@@ -305,7 +305,7 @@ def checkpoint_to_resume(config: Config, run_dir: Path, resume: bool, device) ->
 
 
 def locked_run_dir(run_dir: Path, rank: int) -> contextlib.AbstractContextManager:
-    """The run directory, made if missing and locked by rank 0 for the run's whole life (runfiles.RunLock)."""
+    """The run directory, made if missing and locked by rank 0 for the run's whole life (runfiles.run_lock)."""
     if rank != 0:
         return contextlib.nullcontext()
     try:
@@ -313,7 +313,7 @@ def locked_run_dir(run_dir: Path, rank: int) -> contextlib.AbstractContextManage
     except OSError as err:
         raise RunFileError(f"cannot use {run_dir} as a run directory ({err.strerror}): choose a writable folder "
                            "with --out") from None
-    return RunLock(run_dir)
+    return run_lock(run_dir)
 
 
 def save_checkpoint(model, optimizer, state: dict, config: Config, run_dir: Path, rank: int):

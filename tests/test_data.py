@@ -65,12 +65,16 @@ def test_missing_torchvision_dataset_without_download(tmp_path, monkeypatch):
 def test_corrupt_image_in_folder_is_named(tmp_path):
     from PIL import Image
     (tmp_path / "cat").mkdir()
-    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "cat" / "good.png")
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), np.uint8)).save(tmp_path / "cat" / "good.png")
     (tmp_path / "cat" / "broken.png").write_bytes(b"not a png at all")
+    with pytest.raises(DatasetError, match=r"1 file\(s\) that are not readable images: .*cat/broken.png"):
+        CheckedImageFolder(str(tmp_path), transform=None)  # named when listed, before anything reads the pixels
+    # a readable header over pixels cut short: named when the pixels are read
+    (tmp_path / "cat" / "broken.png").write_bytes((tmp_path / "cat" / "good.png").read_bytes()[:200])
     folder = CheckedImageFolder(str(tmp_path), transform=None)
     broken = [i for i, (p, _) in enumerate(folder.samples) if p.endswith("broken.png")][0]
     folder[1 - broken]  # the good one loads
-    with pytest.raises(DatasetError, match=r"cat/broken.png"):
+    with pytest.raises(DatasetError, match=r"cannot read image .*cat/broken.png"):
         folder[broken]
     with pytest.raises(DatasetError, match="does not exist"):
         CheckedImageFolder(str(tmp_path / "missing"), transform=None)

@@ -10,16 +10,19 @@ import sys
 import threading
 import time
 
+import papermill.iorw
 import pytest
 import torch
 from PIL import Image
 
 from conftest import REPO
 from mixedae_core.config import make_config
-from mixedae_core.lab.campaign import run_campaign
+from mixedae_core.lab.campaign import campaign_plan, run_campaign
 from mixedae_core.lab.cli import main
 from mixedae_core.lab.reproduce import write_readme
-from mixedae_core.runfiles import RunFileError, RunLock, read_metrics, save_atomic
+from mixedae_core.lab.runs import computed_once, run_dir_for
+from mixedae_core.lab.suite import Suite
+from mixedae_core.runfiles import RunFileError, run_lock, read_metrics, save_atomic
 from mixedae_core.train import train
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -122,7 +125,7 @@ def test_image_folder_refusals_write_nothing(layout, needle, tmp_path, capsys):
 def test_a_second_writer_is_refused_with_the_holders_pid(tmp_path, capsys):
     run = tmp_path / "run"
     run.mkdir()
-    with RunLock(run):
+    with run_lock(run):
         err = refused(["pretrain", "--preset", "smoke", "--out", str(run)], capsys)
     assert f"pid {os.getpid()}" in err
     assert not (run / "config.json").exists() and not (run / "metrics.jsonl").exists()
@@ -280,3 +283,73 @@ def test_a_worker_killed_from_outside_fails_its_run_and_the_other_worker_finishe
     assert "error" not in result, result.get("error")
     assert len(result["failed"]) == 1 and len(result["trained"]) == 2 and not result["complete"], result
     assert result["left"] == [{k: v for k, v in result["failed"][0].items() if k not in ("run", "seconds")}]
+
+
+# ------------------------------------------------------------------------------ one writer, and a tidy exit
+def test_the_command_list_is_help_not_an_error(capsys):
+    main(["--help"])  # returns: exit code 0
+    out = capsys.readouterr().out
+    assert all(f"  {command} " in out for command in ("pretrain", "evaluate", "record", "campaign", "reproduce"))
+
+
+def test_resume_without_out_is_refused(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MIXEDAE_RUNS", str(tmp_path / "runs"))
+    err = refused(["pretrain", "--preset", "smoke", "--epochs", "1", "--synthetic_size", "32", "--resume"], capsys)
+    assert "--resume continues the run in --out DIR" in err and not (tmp_path / "runs").exists()
+
+
+def test_locks_go_with_their_process_and_a_stale_one_is_taken_over(finished_run, tmp_path):
+    assert not (finished_run / ".lock").exists()  # the run's writer has finished
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / ".lock").write_text("999999999")  # left by a killed process: no flock holds it
+    with run_lock(run):
+        assert (run / ".lock").read_text() == str(os.getpid())
+    assert not (run / ".lock").exists()
+    assert computed_once(tmp_path / "cache" / "x.json", lambda: {"x": 1}) == {"x": 1}
+    assert [p.name for p in (tmp_path / "cache").iterdir()] == ["x.json"]
+
+
+def smoke_reproduce(out, runs, *extra):
+    return subprocess.Popen([sys.executable, "-m", "mixedae_core", "reproduce", "--preset", "smoke", "--out", str(out),
+                             "--no-progress", *extra], cwd=REPO, env={**ENV, "MIXEDAE_RUNS": str(runs)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+
+def test_a_second_reproduce_on_one_results_folder_is_refused_with_the_first_ones_pid(tmp_path):
+    first = smoke_reproduce(tmp_path / "out", tmp_path / "runs")
+    try:
+        lock, deadline = tmp_path / "out" / ".smoke.lock", time.time() + 120
+        while not (lock.exists() and lock.stat().st_size) and time.time() < deadline and first.poll() is None:
+            time.sleep(0.2)
+        assert lock.exists(), "the first reproduce holds no lock on its results folder"
+        second = smoke_reproduce(tmp_path / "out", tmp_path / "runs-2")
+        _, err = second.communicate(timeout=120)
+        assert second.returncode == 2 and f"(pid {first.pid})" in err and "Traceback" not in err, err
+        assert not (tmp_path / "runs-2").exists()  # refused before it trained anything
+    finally:
+        os.killpg(first.pid, signal.SIGKILL)
+        first.communicate()
+
+
+def test_reproduce_exits_1_when_a_run_failed(tmp_path):
+    suite = Suite("smoke", progress=False)
+    first = run_dir_for(suite.config(**campaign_plan(suite)[0]), tmp_path / "runs")
+    first.mkdir(parents=True)
+    (first / "checkpoint.pt").write_bytes(b"cut short")  # a damaged checkpoint: its resume raises
+    # the budget lets the first run start and no other (they start while 30 s are left)
+    proc = smoke_reproduce(tmp_path / "out", tmp_path / "runs", "--workers", "1", "--budget", "36")
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "1 run(s) failed" in err, err
+
+
+def test_a_full_disk_while_writing_a_notebook_is_one_paragraph_and_leaves_no_notebook(tmp_path, monkeypatch, capsys):
+    def full_disk(self, buf, path):
+        open(path, "w").write(buf[:100])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(papermill.iorw.LocalHandler, "write", full_disk)
+    err = refused(["reproduce", "--preset", "smoke", "--only", "00", "--out", str(tmp_path / "out"), "--no-progress"],
+                  capsys)
+    assert "notebook 00_tour stopped" in err and "No space left on device" in err
+    assert list((tmp_path / "out" / "notebooks" / "smoke").iterdir()) == []  # neither the notebook nor a part of it

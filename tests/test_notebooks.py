@@ -2,10 +2,13 @@
 import json
 import math
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
+import papermill
 import pytest
+import torch
 
 from mixedae_core.config import PRESETS, make_config
 from mixedae_core.lab.campaign import campaign_plan, latest_start, run_campaign
@@ -13,9 +16,9 @@ from mixedae_core.lab.claims import (AT_FLOOR, adjusted, against_spread, claim, 
                                      per_seed, verdict)
 from mixedae_core.lab.experiments import ABLATIONS, EXPERIMENTS, NOTEBOOKS, equal_compute, k_values
 from mixedae_core.lab.notebook import NOTEBOOK_DIR, conclusion
-from mixedae_core.lab.reproduce import CampaignIncomplete, _missing_line, run_notebooks
+from mixedae_core.lab.reproduce import CampaignIncomplete, _missing_line, execute_notebook, run_notebooks
 from mixedae_core.lab.runs import records_control
-from mixedae_core.lab.suite import Suite, final_losses
+from mixedae_core.lab.suite import INTERACTIVE, Suite, final_losses
 from mixedae_core.lab.timing import bench_key
 
 SEEDS = list(PRESETS["smoke"].seeds)
@@ -155,7 +158,6 @@ def test_unknown_notebook_parameter_is_an_error(tmp_path):
     ("00_tour", {"n_images": 0}, "n_images counts something: it takes an integer >= 1, got 0"),
     ("04_compose_vs_full", {"timing_steps": -2}, "timing_steps counts something")])
 def test_papermill_run_directly_refuses_undeclared_or_mistyped_parameters(notebook, params, needle, tmp_path):
-    import papermill
     with pytest.raises(papermill.PapermillExecutionError, match=re.escape(needle)):
         papermill.execute_notebook(str(NOTEBOOK_DIR / f"{notebook}.ipynb"), str(tmp_path / "out.ipynb"),
                                    parameters={"preset": "smoke", "out_dir": str(tmp_path), **params},
@@ -325,3 +327,50 @@ def test_a_budgeted_campaign_judges_what_can_still_start_by_its_typical_runs_not
     assert one_off(finished[0]) and not one_off(finished[2])
     assert latest_start(7000, finished, one_off) == 7000 - 1200
     assert latest_start(7000, finished[:1], one_off) is None and latest_start(None, finished, one_off) is None
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
+def test_errors_inside_a_notebook_give_advice_in_the_notebooks_own_terms(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError) as info:
+        papermill.execute_notebook(str(NOTEBOOK_DIR / "00_tour.ipynb"), str(tmp_path / "out.ipynb"),
+                                   parameters={"preset": "smoke", "out_dir": str(tmp_path), "device": "cuda",
+                                               "runs_root": str(tmp_path / "runs")},
+                                   kernel_name="python3", progress_bar=False)
+    assert "device = 'cpu' in the parameters cell (papermill: -p device cpu)" in info.value.evalue
+    assert "--device" not in info.value.evalue
+
+
+def tree(folder: Path) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_a_notebook_run_by_hand_writes_apart_and_leaves_the_results_folder_as_it_was(tmp_path, monkeypatch):
+    """As "Run All" in Jupyter: no MIXEDAE_WRITE_RESULTS."""
+    monkeypatch.delenv("MIXEDAE_WRITE_RESULTS", raising=False)
+    out, runs = tmp_path / "results", str(tmp_path / "runs")
+    execute_notebook(NOTEBOOK_DIR / "00_tour.ipynb", tmp_path / "00.ipynb",  # as make reproduce does
+                     {"preset": "smoke", "out_dir": str(out), "runs_root": runs}, progress=False)
+    before = tree(out)
+    assert list((out / "figures" / "smoke").glob("00_*.png"))
+    papermill.execute_notebook(str(NOTEBOOK_DIR / "00_tour.ipynb"), str(tmp_path / "by-hand.ipynb"),
+                               parameters={"preset": "smoke", "out_dir": str(out), "runs_root": runs},
+                               kernel_name="python3", progress_bar=False)
+    after = tree(out)
+    assert {p: b for p, b in after.items() if p.parts[0] != INTERACTIVE} == before
+    assert list((out / INTERACTIVE / "figures" / "smoke").glob("00_*.png"))
+
+
+def test_an_outdated_committed_record_read_by_hand_is_evaluated_again_in_a_copy(tmp_path):
+    out, runs = tmp_path / "results", str(tmp_path / "runs")
+    record = Suite("smoke", [0], out_dir=str(out), runs_root=runs, progress=False).record(method="mae", seed=0)
+    outdated = json.loads((record / "eval.json").read_text())
+    outdated["eval"]["recipe_of_the_past"] = True
+    (record / "eval.json").write_text(json.dumps(outdated))
+    before = tree(out)
+    shutil.rmtree(runs)  # the kept weights alone: the record is evaluated again, not retrained
+    by_hand = Suite("smoke", [0], out_dir=str(out), runs_root=runs, progress=False, by_hand=True)
+    fresh = by_hand.record(method="mae", seed=0)
+    assert tree(out) == {**before, **{p: b for p, b in tree(out).items() if p.parts[0] == INTERACTIVE}}
+    assert fresh == out / INTERACTIVE / "runs" / "smoke" / record.name
+    assert "recipe_of_the_past" not in (fresh / "eval.json").read_text()
+    assert by_hand.record_path(method="mae", seed=0) == fresh  # read from there on

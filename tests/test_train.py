@@ -418,8 +418,10 @@ def test_image_folder_smaller_than_a_batch_or_with_a_corrupt_image_is_one_senten
     with pytest.raises(SystemExit) as exit_info:
         main([*args, "--batch_size", "8", "--workers", "2", "--out", str(tmp_path / "run")])
     err = capsys.readouterr().err
-    assert exit_info.value.code == 2 and err.startswith(f"error: cannot read image {folder / 'a' / '3.png'}: ")
+    assert exit_info.value.code == 2 and err.startswith(f"error: image folder {folder} holds 1 file(s) that are "
+                                                        f"not readable images: {folder / 'a' / '3.png'}. ")
     assert err.count("\n") == 1  # the sentence alone, not the worker's traceback
+    assert not (tmp_path / "run").exists()  # named before training, not an epoch into it
 
 
 def test_a_switch_at_its_default_value_names_the_same_run():

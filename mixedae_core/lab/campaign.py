@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from ..runfiles import CHECKPOINT
+from ..runfiles import CHECKPOINT, write_text_atomic
 from .experiments import drawn_runs, planned_runs
 from .runs import records_control, run_dir_for, runs_root
 from .suite import Suite
@@ -197,7 +197,10 @@ def _lost(workers: _Workers, i: int, outcome: dict, bar):
 
 
 def _record(outcome: dict, bar, status: str, run: dict, name: str, seconds: float | None):
+    """The run's outcome, and a line for it: in a log (no bar) it is the campaign's only sign of progress."""
     outcome[status].append({**run, "run": name, "seconds": seconds})
+    done = sum(len(runs) for runs in outcome.values())
+    bar.write(f"run {done}/{bar.total} {name}: {status}" + ("" if seconds is None else f" in {seconds:.0f} s"))
     bar.update(1)
 
 
@@ -265,7 +268,7 @@ def _log_campaign(suite: Suite, plan, pending, outcome, needs_work, workers, bud
     if pending:
         history = json.loads(path.read_text()) if path.exists() else []
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(history + [result], indent=1, default=str))
+        write_text_atomic(path, json.dumps(history + [result], indent=1, default=str))
     print(f"campaign {suite.name}{' (interrupted)' if interrupted else ''}: {len(outcome['trained'])} trained, "
           f"{len(outcome['resumed'])} resumed, {len(outcome['evaluated'])} evaluated only, "
           f"{len(outcome['failed'])} failed, {len(outcome['stopped'])} stopped at the budget, {len(left)} left for "

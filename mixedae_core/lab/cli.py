@@ -14,10 +14,11 @@ shows each with the comment that documents the field and its default. torchrun w
 Exit codes; every refusal is one paragraph on stderr that names the option or file and the fix, never a traceback:
     0  done
     1  pretrain, record: stopped by SIGTERM or SIGINT after writing a checkpoint (--resume continues it);
-       campaign: a run failed (its log is in the run cache's logs/); anything else: a bug, with its traceback
+       campaign, reproduce: a run failed (its log is in the run cache's logs/); anything else: a bug, with its
+       traceback
     2  refused: an option or config value, a device that is not here, an --out that is not a writable folder,
        a run directory that holds another run, another process's run or a config that differs from its
-       checkpoint's, a damaged checkpoint or run file, a missing, unreadable or too small dataset, an unknown
+       checkpoint's, a results folder another campaign or reproduce writes, a damaged checkpoint or run file, a missing, unreadable or too small dataset, an unknown
        notebook prefix; also a file that could not be written (a full disk: the previous file is intact). A
        refused start writes nothing.
     3  campaign, reproduce: the budget ran out before every run was recorded (the same command continues)
@@ -25,6 +26,7 @@ Exit codes; every refusal is one paragraph on stderr that names the option or fi
   130  interrupted (Ctrl-C): what finished is kept, a run in training checkpointed; the same command continues
 """
 import argparse
+import contextlib
 import dataclasses
 import math
 import os
@@ -35,16 +37,24 @@ from pathlib import Path
 
 from ..config import PRESETS, Config, EvalConfig, field_docs, make_config
 from ..data import DatasetError
-from ..runfiles import CheckpointError, RunFileError
+from ..runfiles import CheckpointError, FileLock, RunFileError
 from ..train import NonFiniteLossError, RunExistsError, available_device, train
 from .campaign import run_campaign
 from .experiments import NOTEBOOKS
 from .provenance import stamp
 from .reproduce import CampaignIncomplete, run_notebooks
-from .runs import ensure_run, evaluate_run, runs_root
+from .runs import ensure_run, evaluate_run, results_name, runs_root
 from .suite import Suite
 
 DEFAULT_PRESET = "cpu"
+PURPOSES = {  # each command's one line: `--help` lists them, and each command's own --help opens with it
+    "pretrain": "Pre-train MAE, naive mixing or MixedAE into a run directory (default: the run cache).",
+    "evaluate": "kNN, linear probe and object awareness of a run's encoder; writes RUN_DIR/eval.json.",
+    "record": "Train (or fetch) one run, evaluate it with its preset's recipe and write its record to "
+              "OUT/runs/PRESET/ (config, metrics, summary, eval.json, kept weights).",
+    "campaign": "Train and record every run the notebooks need, several side by side.",
+    "reproduce": "Train and record the runs (campaign), execute the ablation notebooks, write results/.",
+}
 
 
 def parse_value(cls, config_field: dataclasses.Field, text: str):
@@ -140,7 +150,7 @@ def check_folder(parser, path, option: str):
 
 
 def pretrain(argv):
-    parser = Parser(prog="python -m mixedae_core pretrain", description="Pre-train MAE, naive mixing or MixedAE.",
+    parser = Parser(prog="python -m mixedae_core pretrain", description=PURPOSES["pretrain"],
                     usage="%(prog)s [--preset P] [--out DIR [--resume]] [--no-progress] [--FIELD VALUE ...]")
     preset_option(parser, fields=True)
     parser.add_argument("--out", default=None, help="run directory (default: the run cache, keyed by the config)")
@@ -148,6 +158,9 @@ def pretrain(argv):
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     add_fields(parser, Config, make_config(DEFAULT_PRESET))
     args = parser.parse_args(argv)
+    if args.resume and not args.out:
+        parser.error("--resume continues the run in --out DIR: name it (without --out the run cache resumes its "
+                     "own unfinished runs by itself, so --resume is not needed there)")
     try:
         config = make_config(args.preset, **field_overrides(parser, args, Config))
     except ValueError as err:
@@ -156,9 +169,9 @@ def pretrain(argv):
     check_folder(parser, args.out or runs_root(), "--out")
     try:
         if args.out:
-            train(config, args.out, resume=args.resume, progress=not args.no_progress, stamp=stamp)
+            train(config, args.out, resume=args.resume, progress=progress_bars(args), stamp=stamp)
         else:
-            print(ensure_run(config, progress=not args.no_progress))
+            print(ensure_run(config, progress=progress_bars(args)))
     except (RunExistsError, DatasetError, CheckpointError, RunFileError) as err:
         fail(err)
     except NonFiniteLossError as err:
@@ -167,7 +180,8 @@ def pretrain(argv):
 
 def evaluate(argv):
     parser = Parser(prog="python -m mixedae_core evaluate",
-                    usage="%(prog)s RUN_DIR [--device D] [--no-progress] [--FIELD VALUE ...]", description="kNN, linear probe and object awareness of a run's encoder; writes RUN_DIR/eval.json.")
+                    usage="%(prog)s RUN_DIR [--device D] [--no-progress] [--FIELD VALUE ...]",
+                    description=PURPOSES["evaluate"])
     parser.add_argument("run_dir", help="a finished run directory")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: the run's)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -178,7 +192,7 @@ def evaluate(argv):
     except ValueError as err:
         parser.error(str(err))
     try:
-        result = evaluate_run(args.run_dir, ec, args.device, progress=not args.no_progress)
+        result = evaluate_run(args.run_dir, ec, args.device, progress=progress_bars(args))
     except (FileNotFoundError, DatasetError, CheckpointError, RunFileError, ValueError) as err:
         fail(err)
     for name, scores in result["scores"].items():
@@ -197,8 +211,8 @@ def score_text(value) -> str:
 
 def record(argv):
     parser = Parser(prog="python -m mixedae_core record",
-                    usage="%(prog)s [--preset P] [--out DIR] [--no-progress] [--FIELD VALUE ...]", description="Train (or fetch) one run, evaluate it with its preset's recipe and write its record "
-                                "to OUT/runs/PRESET/ (config, metrics, summary, eval.json).")
+                    usage="%(prog)s [--preset P] [--out DIR] [--no-progress] [--FIELD VALUE ...]",
+                    description=PURPOSES["record"])
     preset_option(parser, fields=True)
     parser.add_argument("--out", default="results", help="results folder (default: results)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -212,13 +226,18 @@ def record(argv):
     check_device(parser, config.device)
     check_folder(parser, args.out, "--out")
     suite = Suite(args.preset, [overrides.get("seed", 0)], overrides.pop("device", "auto"), args.out,
-                  notebook="record", dataset=overrides.pop("dataset", None), progress=not args.no_progress)
+                  notebook="record", dataset=overrides.pop("dataset", None), progress=progress_bars(args))
     try:
         print(suite.record(**overrides))
     except (DatasetError, CheckpointError, RunFileError) as err:
         fail(err)
     except NonFiniteLossError as err:
         fail(err, code=4)
+
+
+def progress_bars(args) -> bool:
+    """Bars on a terminal only: in a log, tqdm's carriage returns pile up into one unreadable line."""
+    return not args.no_progress and sys.stderr.isatty()
 
 
 def positive_seconds(text: str) -> float:
@@ -247,7 +266,8 @@ def suite_options(parser):
     parser.add_argument("--workers", type=worker_count, default=1, help="runs trained side by side, processes (default: 1)")
     parser.add_argument("--budget", type=positive_seconds, default=None,
                         help="seconds; stop starting runs, then stop them (default: none)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (none either where output is "
+                                                                    "not a terminal)")
 
 
 def check_suite_options(parser, args):
@@ -262,16 +282,35 @@ def check_suite_options(parser, args):
     check_folder(parser, args.out, "--out")
 
 
+@contextlib.contextmanager
+def one_writer(args):
+    """One campaign or reproduce at a time per results folder and preset: two would train the same runs and
+    write the same records. The lock lies in --out, so another clone or folder is not held up; a start refused
+    inside (a dataset that cannot be read) leaves no folder it made."""
+    out = Path(args.out).resolve()
+    made = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with FileLock(out / f".{results_name(args.preset, args.dataset)}.lock",
+                      "{path.parent} is being written by another campaign or reproduce of this preset (pid {pid}): "
+                      "wait for it to finish, or stop it (kill {pid}); the same command then continues its runs"):
+            yield
+    finally:
+        for folder in made:
+            with contextlib.suppress(OSError):  # not empty: it holds what the command wrote
+                folder.rmdir()
+
+
 def campaign(argv):
-    parser = Parser(prog="python -m mixedae_core campaign",
-                    description="Train and record every run the notebooks need, several side by side.")
+    parser = Parser(prog="python -m mixedae_core campaign", description=PURPOSES["campaign"])
     suite_options(parser)
     args = parser.parse_args(argv)
     check_suite_options(parser, args)
     try:
-        result = run_campaign(args.preset, None, args.out, device=args.device, workers=args.workers,
-                              budget_s=args.budget, progress=not args.no_progress, dataset=args.dataset)
-    except (ValueError, DatasetError) as err:
+        with one_writer(args):
+            result = run_campaign(args.preset, None, args.out, device=args.device, workers=args.workers,
+                                  budget_s=args.budget, progress=progress_bars(args), dataset=args.dataset)
+    except (ValueError, DatasetError, RunFileError) as err:
         fail(err)
     if result["failed"]:
         raise SystemExit(1)
@@ -280,21 +319,26 @@ def campaign(argv):
 
 
 def reproduce(argv):
-    parser = Parser(prog="python -m mixedae_core reproduce",
-                    description="Train and record the runs (campaign), execute the ablation notebooks, write results/.")
+    parser = Parser(prog="python -m mixedae_core reproduce", description=PURPOSES["reproduce"])
     suite_options(parser)
     parser.add_argument("--only", default="", help=f"comma-separated notebook prefixes of {', '.join(NOTEBOOKS)} "
                                                    "(skips the campaign: the notebooks train what they need)")
     args = parser.parse_args(argv)
     check_suite_options(parser, args)
     try:
-        run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
-                      workers=args.workers, budget_s=args.budget, progress=not args.no_progress, dataset=args.dataset)
-    except (ValueError, DatasetError) as err:
+        with one_writer(args):
+            timings = run_notebooks(args.preset, args.out, args.device, [o for o in args.only.split(",") if o],
+                                    workers=args.workers, budget_s=args.budget, progress=progress_bars(args),
+                                    dataset=args.dataset)
+    except (ValueError, DatasetError, RunFileError) as err:
         fail(err)
     except CampaignIncomplete as err:
         sys.stderr.write(f"{err}\n")
-        raise SystemExit(3)
+        raise SystemExit(1 if err.failed else 3)
+    name, out = results_name(args.preset, args.dataset), Path(args.out)
+    print(f"reproduce {name}: done, {len(timings)} notebook(s) in {sum(timings.values()) / 60:.1f} min, no run "
+          f"failed. Results: {out / 'README.md'}; notebooks, tables and figures in {out}/{{notebooks,tables,figures}}/"
+          f"{name}/")
 
 
 COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "record": record, "campaign": campaign, "reproduce": reproduce}
@@ -302,9 +346,12 @@ COMMANDS = {"pretrain": pretrain, "evaluate": evaluate, "record": record, "campa
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
+    usage = f"usage: python -m mixedae_core {{{','.join(COMMANDS)}}} ...  (--help after a command for its options)"
+    if argv[:1] in (["--help"], ["-h"]):
+        print(f"{usage}\n\n" + "\n".join(f"  {name:10s} {PURPOSES[name]}" for name in COMMANDS))
+        return
     if not argv or argv[0] not in COMMANDS:
-        sys.stderr.write("usage: python -m mixedae_core {pretrain,evaluate,record,campaign,reproduce} ...  "
-                         "(--help after the command for its options)\n")
+        sys.stderr.write(f"{usage}\n")
         raise SystemExit(2)
     try:
         COMMANDS[argv[0]](argv[1:])

@@ -20,6 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..config import PRESETS
+from ..runfiles import write_text_atomic
 from .provenance import DOCS, REPO
 
 METHODS = {"mae": "MAE", "naive": "naive mixing", "mixedae": "MixedAE"}
@@ -287,6 +288,6 @@ def write_docs(repo_root: Path = REPO, results: Path | None = None) -> list[Path
         text = path.read_text()
         fresh = render(text, results, doc)
         if fresh != text:
-            path.write_text(fresh)
+            write_text_atomic(path, fresh)
             changed.append(path)
     return changed

@@ -3,6 +3,9 @@ the figures' theme and opens the notebook's Suite; `conclude` writes its claims 
 `make reproduce` reads the parameters a notebook declares from here too."""
 import ast
 import math
+import os
+import re
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -10,11 +13,17 @@ import seaborn as sns
 from IPython import get_ipython
 from IPython.display import Markdown
 
+from ..data import DatasetError
+from ..runfiles import CheckpointError, RunFileError
 from .claims import adjusted, against_spread
 from .provenance import REPO
 from .suite import Suite
 
 NOTEBOOK_DIR = REPO / "notebooks"
+WRITE_RESULTS = "MIXEDAE_WRITE_RESULTS"  # "1" in the notebooks `make reproduce` executes: only they write results/
+# The user's input or the machine's state, not a bug: shown as one line. A ValueError or FileNotFoundError (often
+# a value refused, sometimes a bug) keeps its frames.
+INPUT_ERRORS = (DatasetError, RunFileError, CheckpointError)
 # The parameters every notebook declares whose defaults (None) do not tell their type: (types, in words).
 PARAMETER_TYPES = {"seeds": ((list, type(None)), "a list of integers such as [0, 1, 2], or None for the preset's seeds"),
                    "runs_root": ((str, type(None)), "a folder path, or None for runs/ in the repository"),
@@ -57,12 +66,45 @@ def check_injected_parameters(notebook: str):
     shell.InteractiveTB.set_mode(mode="Context")  # IPython's default for the notebook's own errors
 
 
+def in_notebook_terms(message: str, parameters) -> str:
+    """Command-line advice (`--device cpu`) as the notebook's own (`device = 'cpu'` in the parameters cell), for
+    the options that are notebook parameters."""
+    def parameter(match):
+        name, value = match.groups()
+        if name not in parameters:
+            return match.group(0)
+        return f"{name} = {value!r} in the parameters cell (papermill: -p {name} {value})"
+    return re.sub(r"--(\w+) ([\w:/.\-]*[\w/])", parameter, message)
+
+
+def show_errors_in_notebook_terms(shell, parameters):
+    """The notebook's refusals (bad input, a full disk) say what to change in the notebook, not on a command line."""
+    def handler(shell, etype, value, tb, tb_offset=None):
+        message = in_notebook_terms(str(value), parameters)
+        frames = [] if issubclass(etype, INPUT_ERRORS) else \
+            shell.InteractiveTB.structured_traceback(etype, value, tb, tb_offset)[:-1]
+        sys.last_type, sys.last_value, sys.last_traceback = etype, value, tb  # for %debug
+        shell._showtraceback(etype, message, frames + [f"{etype.__name__}: {message}"])  # papermill reads this
+    shell.set_custom_exc((ValueError, FileNotFoundError, *INPUT_ERRORS), handler)
+
+
 def start(notebook: str, preset: str, seeds=None, device: str = "auto", out_dir: str = "results",
           runs_root: str | None = None, dataset: str | None = None) -> Suite:
-    """The first cell of every notebook: the parameters checked, the plotting theme and the notebook's Suite."""
+    """The first cell of every notebook: the parameters checked, the plotting theme and the notebook's Suite.
+    Run by hand (not by `make reproduce`), its tables, figures and new records go to <out_dir>/interactive/, so
+    exploring leaves the committed results as they are."""
+    shell = get_ipython()
+    if shell is not None:
+        show_errors_in_notebook_terms(shell, notebook_parameters(NOTEBOOK_DIR / f"{notebook}.ipynb"))
     check_injected_parameters(notebook)
     sns.set_theme(style="whitegrid", context="notebook")
-    return Suite(preset, seeds, device, out_dir, notebook=notebook, runs_root=runs_root, dataset=dataset)
+    by_hand = os.environ.get(WRITE_RESULTS) != "1"
+    suite = Suite(preset, seeds, device, out_dir, notebook=notebook, runs_root=runs_root, dataset=dataset,
+                  by_hand=by_hand)
+    if by_hand:
+        print(f"Run by hand: tables, figures and new records go to {suite.written} (git-ignored); "
+              f"`make reproduce` writes {suite.out}.")
+    return suite
 
 
 def conclude(suite: Suite, claims: list[dict], *notes: str) -> Markdown:

@@ -9,24 +9,30 @@ records, so an interrupted reproduce continues where it stopped. On another data
 records, tables, figures and notebooks go to <preset>-<dataset> folders (runs.results_name), which
 results/README.md, the presets' page, leaves out.
 """
+import contextlib
+import errno
 import json
+import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from ..config import PRESETS
+from ..runfiles import RunFileError, write_text_atomic
 from .campaign import run_campaign
 from .claims import headline
 from .docblocks import write_docs
 from .experiments import NOTEBOOKS
-from .notebook import NOTEBOOK_DIR, notebook_parameters
+from .notebook import NOTEBOOK_DIR, WRITE_RESULTS, notebook_parameters
 from .provenance import REPO, git_commit
 from .suite import Suite
 
 
 class CampaignIncomplete(RuntimeError):
-    pass
+    def __init__(self, message: str, failed: list):
+        super().__init__(message)
+        self.failed = failed  # runs that raised: the command exits 1, not 3 (only the budget ran out)
 
 
 def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=None, extra: dict | None = None,
@@ -61,7 +67,8 @@ def run_notebooks(preset: str, out_dir="results", device: str = "auto", only=Non
             f"{len(result['failed'])} run(s) failed, {len(result['left'])} still pending after the budget: "
             + (f"rendered {', '.join(timings)}; " if timings else "")
             + (f"{', '.join(waiting)} wait for their runs. " if waiting else "")
-            + f"Run the same command again to continue (finished runs are recorded in {suite.records}).")
+            + f"Run the same command again to continue (finished runs are recorded in {suite.records}).",
+            result["failed"])
     return timings
 
 
@@ -84,7 +91,7 @@ def write_missing(tables: Path, waiting: dict[str, list[str]]):
     path = tables / "missing_runs.json"
     if waiting:
         tables.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(waiting, indent=1))
+        write_text_atomic(path, json.dumps(waiting, indent=1))
     elif path.exists():
         path.unlink()
 
@@ -92,7 +99,6 @@ def write_missing(tables: Path, waiting: dict[str, list[str]]):
 def execute(suite: Suite, names: list[str], out: Path, device: str, runs_root, dataset, extra, progress) -> dict:
     """Each notebook of `names` through papermill into notebooks/<suite name>/; {notebook: wall seconds}, also
     merged into tables/<suite name>/reproduce_log.json."""
-    import papermill  # seconds to import, and only running the notebooks needs it
     executed = out / "notebooks" / suite.name
     executed.mkdir(parents=True, exist_ok=True)
     timings = {}
@@ -106,15 +112,55 @@ def execute(suite: Suite, names: list[str], out: Path, device: str, runs_root, d
             raise ValueError(f"notebook {name} has no parameter(s) {', '.join(sorted(unknown))}; "
                              f"it declares {', '.join(sorted(notebook_parameters(path)))}")
         t0 = time.time()
-        papermill.execute_notebook(str(path), str(executed / f"{name}.ipynb"), parameters=params,
-                                   kernel_name="python3", cwd=str(NOTEBOOK_DIR), progress_bar=progress)
+        execute_notebook(path, executed / f"{name}.ipynb", params, progress)
         timings[name] = round(time.time() - t0, 1)
         print(f"{name}: {timings[name]:.0f} s", flush=True)
     log = out / "tables" / suite.name / "reproduce_log.json"
     previous = json.loads(log.read_text()) if log.exists() else {}
     log.parent.mkdir(parents=True, exist_ok=True)
-    log.write_text(json.dumps({**previous, **timings}, indent=1))
+    write_text_atomic(log, json.dumps({**previous, **timings}, indent=1))
     return timings
+
+
+def execute_notebook(path: Path, target: Path, params: dict, progress: bool):
+    """One notebook through papermill into `target`, which appears whole or not at all (written beside it, then
+    renamed). A full disk, in the kernel or here, is a RunFileError: one paragraph, not four chained tracebacks."""
+    import papermill  # seconds to import, and only running the notebooks needs it
+    tmp = target.with_name(f".{target.stem}.{os.getpid()}.tmp.ipynb")
+    try:
+        with results_written():
+            # log_level: the kernel's warning about unencrypted local TCP, printed once per notebook, says nothing
+            papermill.execute_notebook(str(path), str(tmp), parameters=params, kernel_name="python3",
+                                       cwd=str(NOTEBOOK_DIR), progress_bar=progress,
+                                       extra_arguments=["--IPKernelApp.log_level=ERROR"])
+        os.replace(tmp, target)
+    except BaseException as err:
+        failed = target.with_name(f"{target.stem}.failed.ipynb")
+        if isinstance(err, papermill.PapermillExecutionError) and tmp.exists():  # kept to read, apart and ignored
+            os.replace(tmp, failed)
+        tmp.unlink(missing_ok=True)
+        cause = getattr(err, "evalue", None) or str(err)  # a cell's error: papermill keeps its name and value
+        if getattr(err, "ename", None) == "RunFileError" or isinstance(err, OSError) and err.errno == errno.ENOSPC \
+                or "No space left" in cause:
+            raise RunFileError(f"notebook {path.stem} stopped, and {target} was not written: "
+                               f"{cause.splitlines()[0]}") from None
+        if failed.exists():
+            print(f"notebook {path.stem} failed; the executed notebook, with its error, is {failed}", flush=True)
+        raise
+
+
+@contextlib.contextmanager
+def results_written():
+    """The notebooks executed inside write results/ (notebook.start reads it); by hand they write apart."""
+    before = os.environ.get(WRITE_RESULTS)
+    os.environ[WRITE_RESULTS] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[WRITE_RESULTS]
+        else:
+            os.environ[WRITE_RESULTS] = before
 
 
 def _read_table(path: Path):
@@ -245,4 +291,4 @@ def write_readme(out: Path):
             lines += [f"## Figures, preset `{preset}`", ""]
             lines += [f"![{f.stem}](figures/{preset}/{f.name})" for f in figures] + [""]
     lines += [f"_Regenerated with commit {git_commit()}._", ""]
-    (out / "README.md").write_text("\n".join(lines))
+    write_text_atomic(out / "README.md", "\n".join(lines))

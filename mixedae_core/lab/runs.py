@@ -8,7 +8,6 @@ evaluation re-evaluates a record from its kept weights, in place. A preset run o
 and notebooks apart, in results/*/<preset>-<dataset>/ (`results_name`).
 """
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -21,8 +20,8 @@ from ..config import PRESETS, Config, EvalConfig, ModelConfig
 from ..evaluate import CONTROL, CONTROL_VERSION, baseline_scores, evaluate_model, mae_twin, supervised_control
 from ..objects import has_object_masks
 from ..transfer import DENSE_CONTROL, dense_control, dense_measured, transfer_baselines, transfer_scores
-from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, WEIGHTS, RunFileError, has_model, load_model,
-                        read_checkpoint, read_json, run_finished, save_weights, write_text_atomic)
+from ..runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, WEIGHTS, FileLock, RunFileError, has_model,
+                        load_model, read_checkpoint, read_json, run_finished, save_weights, write_text_atomic)
 from ..train import CODE_VERSION, available_device, train
 from .provenance import REPO, provenance, stamp
 
@@ -81,8 +80,7 @@ def baselines_path(config: Config, ec: EvalConfig, root, kind: str = "") -> Path
 def computed_once(path: Path, compute) -> dict:
     """`compute()`'s result, cached at `path`: runs side by side share it (the second waits and reads the first's)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_suffix(".lock"), "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with FileLock(path.with_suffix(".lock"), wait=True):
         if path.exists():
             return json.loads(path.read_text())
         result = compute()

@@ -6,6 +6,8 @@ the figures that draw a model need its checkpoint (and train it when it is missi
 """
 import functools
 import json
+import os
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,7 @@ import torch
 from ..config import METHODS, PRESETS, Config, make_config
 from ..data import dataset_of, normalize
 from ..evaluate import DEPENDENCE_LAYOUTS, LearningCurveProbe, content_ratio
-from ..runfiles import load_model, read_metrics, run_finished
+from ..runfiles import load_model, read_metrics, run_finished, write_atomic, write_text_atomic
 from ..train import describe_device, resolve_device
 from .experiments import curve_runs, drawn_runs, notebook_runs
 from .provenance import REPO, provenance
@@ -31,6 +33,7 @@ SCORES = ("knn_cls", "probe_cls", "knn_mean", "probe_mean", "object_iou", "objec
           "dose_floor", "dose_sensitivity", "dose_pred_change")
 
 
+INTERACTIVE = "interactive"  # under the results folder, git-ignored: what a notebook run by hand writes
 PAPER_METRICS = ("finetune_top1", "dense_miou")  # absent from records evaluated before they were measured
 INIT_SCORES = ("knn_cls", "knn_mean", "probe_cls")  # the random init's scores a row carries beside the run's
 
@@ -46,6 +49,7 @@ class Suite:
     runs_root: str | None = None
     dataset: str | None = None       # None: the preset's
     progress: bool = True
+    by_hand: bool = False            # tables, figures and new records under <out_dir>/interactive/, not committed
     started: float = field(default_factory=time.time)
 
     def __post_init__(self):
@@ -60,7 +64,9 @@ class Suite:
         self.out = out if out.is_absolute() else (REPO / out)
         self.eval_config = PRESETS[self.preset].eval
         self.name = results_name(self.preset, self.dataset)  # its folder under runs/, tables/, figures/, notebooks/
-        self.records = self.out / "runs" / self.name
+        self.committed = self.out / "runs" / self.name
+        self.written = self.out / INTERACTIVE if self.by_hand else self.out  # where its tables, figures, records go
+        self.records = self.written / "runs" / self.name
 
     # ---------------------------------------------------------------- runs
     def config(self, **overrides) -> Config:
@@ -109,7 +115,11 @@ class Suite:
         return resolve_device(self.config())
 
     def record_path(self, **overrides) -> Path:
-        return self.records / run_dir_for(self.config(**overrides), self.runs_root).name
+        """Where the run's record is read: the committed one while it is current, else the one this suite wrote."""
+        name = run_dir_for(self.config(**overrides), self.runs_root).name
+        if self.records == self.committed or record_is_current(self.committed / name, self.eval_config):
+            return self.committed / name
+        return self.records / name if (self.records / name).exists() else self.committed / name
 
     def has_run(self, **overrides) -> bool:
         """A finished run (with its checkpoint) in the run cache."""
@@ -124,10 +134,16 @@ class Suite:
 
     def record(self, **overrides) -> Path:
         """The run's current record; a missing or outdated one is made from the run (trained if needed)."""
-        record = self.record_path(**overrides)
-        if record_is_current(record, self.eval_config):
-            return record
-        if record_has_model(record) and not self.has_run(**overrides):  # re-evaluated from its kept weights
+        source = self.record_path(**overrides)
+        if record_is_current(source, self.eval_config):
+            return source
+        record = self.records / source.name
+        if record_has_model(source) and not self.has_run(**overrides):  # re-evaluated from its kept weights
+            if record != source:  # a committed record, re-evaluated by hand: in a copy, renamed in place when whole
+                partial = record.with_name(f"{record.name}.{os.getpid()}.tmp")
+                shutil.rmtree(partial, ignore_errors=True)
+                shutil.copytree(source, partial)
+                os.replace(partial, record)
             evaluate_run(record, self.eval_config, progress=False, baselines_root=self.runs_root or runs_root())
             return record
         run_dir = self.run(**overrides)
@@ -228,20 +244,22 @@ class Suite:
 
     def save_table(self, df: pd.DataFrame, name: str) -> Path:
         """CSV with the provenance as leading '#' lines (pandas: read_csv(path, comment='#'))."""
-        path = self.out / "tables" / self.name / f"{name}.csv"
+        path = self.written / "tables" / self.name / f"{name}.csv"
         path.parent.mkdir(parents=True, exist_ok=True)
         header = "".join(f"# {k}: {v}\n" for k, v in self.provenance().items())
-        path.write_text(header + df.to_csv(index=False))
+        write_text_atomic(path, header + df.to_csv(index=False))
         return path
 
     def save_figure(self, fig, name: str) -> Path:
-        path = self.out / "figures" / self.name / f"{name}.png"
+        path = self.written / "figures" / self.name / f"{name}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         if fig.get_layout_engine() is None:  # panels' axis labels otherwise overlap their neighbours
             fig.tight_layout()
         # below the figure (tight bbox takes it in), clear of the axis labels
         fig.text(0.01, -0.01, self.provenance_line(), fontsize=6, color="0.4", ha="left", va="top")
-        fig.savefig(path, dpi=130, bbox_inches="tight", metadata={"Comment": self.provenance_line()})
+        comment = self.provenance_line()
+        write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130, bbox_inches="tight",
+                                                    metadata={"Comment": comment}))
         return path
 
 
