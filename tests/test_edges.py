@@ -353,3 +353,8 @@ def test_a_full_disk_while_writing_a_notebook_is_one_paragraph_and_leaves_no_not
                   capsys)
     assert "notebook 00_tour stopped" in err and "No space left on device" in err
     assert list((tmp_path / "out" / "notebooks" / "smoke").iterdir()) == []  # neither the notebook nor a part of it
+
+
+def test_evaluate_names_a_run_directory_that_does_not_exist(tmp_path, capsys):
+    err = refused(["evaluate", str(tmp_path / "no-such-run")], capsys)
+    assert err == f"error: {tmp_path / 'no-such-run'} does not exist\n"
