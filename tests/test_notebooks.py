@@ -374,3 +374,11 @@ def test_an_outdated_committed_record_read_by_hand_is_evaluated_again_in_a_copy(
     assert fresh == out / INTERACTIVE / "runs" / "smoke" / record.name
     assert "recipe_of_the_past" not in (fresh / "eval.json").read_text()
     assert by_hand.record_path(method="mae", seed=0) == fresh  # read from there on
+
+
+def test_a_notebook_that_fails_is_kept_apart_for_reading_and_its_target_is_not_written(tmp_path):
+    with pytest.raises(papermill.PapermillExecutionError, match="n_images counts something"):
+        execute_notebook(NOTEBOOK_DIR / "00_tour.ipynb", tmp_path / "00_tour.ipynb",
+                         {"preset": "smoke", "out_dir": str(tmp_path), "n_images": 0}, progress=False)
+    assert [p.name for p in tmp_path.glob("*.ipynb")] == ["00_tour.failed.ipynb"]
+    assert "n_images counts something" in (tmp_path / "00_tour.failed.ipynb").read_text()

@@ -135,17 +135,17 @@ def execute_notebook(path: Path, target: Path, params: dict, progress: bool):
                                        extra_arguments=["--IPKernelApp.log_level=ERROR"])
         os.replace(tmp, target)
     except BaseException as err:
-        failed = target.with_name(f"{target.stem}.failed.ipynb")
-        if isinstance(err, papermill.PapermillExecutionError) and tmp.exists():  # kept to read, apart and ignored
-            os.replace(tmp, failed)
-        tmp.unlink(missing_ok=True)
         cause = getattr(err, "evalue", None) or str(err)  # a cell's error: papermill keeps its name and value
         if getattr(err, "ename", None) == "RunFileError" or isinstance(err, OSError) and err.errno == errno.ENOSPC \
                 or "No space left" in cause:
+            tmp.unlink(missing_ok=True)  # perhaps cut short: nothing of it is kept
             raise RunFileError(f"notebook {path.stem} stopped, and {target} was not written: "
                                f"{cause.splitlines()[0]}") from None
-        if failed.exists():
+        if isinstance(err, papermill.PapermillExecutionError) and tmp.exists():  # kept to read, apart and ignored
+            failed = target.with_name(f"{target.stem}.failed.ipynb")
+            os.replace(tmp, failed)
             print(f"notebook {path.stem} failed; the executed notebook, with its error, is {failed}", flush=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
