@@ -22,7 +22,7 @@ from mixedae_core.lab.cli import main
 from mixedae_core.lab.reproduce import write_readme
 from mixedae_core.lab.runs import computed_once, run_dir_for
 from mixedae_core.lab.suite import Suite
-from mixedae_core.runfiles import RunFileError, run_lock, read_metrics, save_atomic
+from mixedae_core.runfiles import FileLock, RunFileError, run_lock, read_metrics, save_atomic
 from mixedae_core.train import train
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
@@ -308,6 +308,15 @@ def test_locks_go_with_their_process_and_a_stale_one_is_taken_over(finished_run,
     assert not (run / ".lock").exists()
     assert computed_once(tmp_path / "cache" / "x.json", lambda: {"x": 1}) == {"x": 1}
     assert [p.name for p in (tmp_path / "cache").iterdir()] == ["x.json"]
+
+
+def test_a_result_being_computed_elsewhere_is_left_to_its_computer_without_wait(tmp_path):
+    path = tmp_path / "cache" / "row.json"
+    path.parent.mkdir()
+    with FileLock(path.with_suffix(".lock")):  # as another process computing it holds it (flock is per open file)
+        assert computed_once(path, lambda: pytest.fail("computed by two"), wait=False) is None
+    assert computed_once(path, lambda: {"row": 1}, wait=False) == {"row": 1}
+    assert computed_once(path, lambda: pytest.fail("computed twice")) == {"row": 1}
 
 
 def smoke_reproduce(out, runs, *extra):

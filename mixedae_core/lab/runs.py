@@ -7,6 +7,7 @@ Tables come from records, so committed records regenerate every table without tr
 evaluation re-evaluates a record from its kept weights, in place. A preset run on another dataset keeps its records, tables, figures
 and notebooks apart, in results/*/<preset>-<dataset>/ (`results_name`).
 """
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -77,10 +78,15 @@ def baselines_path(config: Config, ec: EvalConfig, root, kind: str = "") -> Path
     return Path(root) / "baselines" / f"{kind}{key}.json"
 
 
-def computed_once(path: Path, compute) -> dict:
-    """`compute()`'s result, cached at `path`: runs side by side share it (the second waits and reads the first's)."""
+def computed_once(path: Path, compute, wait: bool = True) -> dict | None:
+    """`compute()`'s result, cached at `path`: runs side by side share it (the second waits and reads the first's;
+    without `wait` it gets None while another process computes it, and can take other work meanwhile)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(path.with_suffix(".lock"), wait=True):
+    with contextlib.ExitStack() as held:
+        try:
+            held.enter_context(FileLock(path.with_suffix(".lock"), wait=wait))
+        except RunFileError:  # refused: only without wait
+            return None
         if path.exists():
             return json.loads(path.read_text())
         result = compute()
