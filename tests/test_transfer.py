@@ -140,6 +140,15 @@ def test_the_committed_kept_weights_give_their_records_knn(weights):
     assert knn == evaluation["scores"]["encoder"]["knn_cls"]
 
 
+@pytest.mark.parametrize("record", sorted((REPO / "results" / "runs" / "cpu").glob("*/eval.json")),
+                         ids=lambda path: path.parent.name)
+def test_every_committed_cpu_record_carries_the_paper_metrics_beside_its_floors(record):
+    scores = json.loads(record.read_text())["scores"]
+    assert {"finetune_top1", "dense_miou"} <= scores["encoder"].keys()
+    assert {"finetune_top1", "dense_miou"} <= scores["random_init"].keys()  # the fine-tuning floor, dense's random init
+    assert "dense_miou" in scores["raw_pixels"]
+
+
 def test_the_dense_protocol_learns_labels_that_the_patches_show():
     """Squares whose brightness codes their class: raw patch pixels under a linear head and the fine-tuned
     segmentation both recover the labels far above what predicting background everywhere scores."""
