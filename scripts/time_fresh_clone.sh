@@ -23,13 +23,20 @@ import json, os
 from pathlib import Path
 from mixedae_core.lab.provenance import provenance
 
+from mixedae_core.lab.campaign import campaign_plan
+from mixedae_core.lab.suite import Suite
+
 tables = Path("results/tables/cpu")
 new = json.loads((tables / "campaign_log.json").read_text())[int(os.environ["CAMPAIGNS"]):]
-if not new:  # a campaign with nothing to train logs nothing; a clone lacks every drawn run's checkpoint
-    raise SystemExit("the clone's campaign trained nothing: nothing to time")
+notebooks = json.loads((tables / "reproduce_log.json").read_text())
+if new:
+    campaign = new[-1]
+else:  # a campaign that found every planned record current (and every drawn model kept) has nothing to log
+    planned = len(campaign_plan(Suite("cpu", progress=False)))
+    campaign = {"planned": planned, "recorded_before": planned, "trained": [], "resumed": [], "evaluated": [],
+                "wall_seconds": int(os.environ["REPRODUCE"]) - sum(notebooks.values())}
 record = {**provenance("cpu"), "setup_seconds": int(os.environ["SETUP"]),
-          "reproduce_seconds": int(os.environ["REPRODUCE"]), "campaign": new[-1],
-          "notebook_seconds": json.loads((tables / "reproduce_log.json").read_text())}
+          "reproduce_seconds": int(os.environ["REPRODUCE"]), "campaign": campaign, "notebook_seconds": notebooks}
 Path(os.environ["OUT"]).write_text(json.dumps(record, indent=1) + "\n")
 print(f"{os.environ['OUT']}: setup {record['setup_seconds']} s, make reproduce {record['reproduce_seconds']} s")
 RECORD

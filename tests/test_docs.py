@@ -10,6 +10,7 @@ import pytest
 from conftest import REPO
 from mixedae_core.lab import provenance
 from mixedae_core.lab.docblocks import BLOCKS, DOCS, DocBlockError, blocks, headline, render, stale_blocks
+from mixedae_core.lab.reproduce import _transfer_cost_line
 
 RESULTS = REPO / "results"
 
@@ -121,3 +122,13 @@ def test_a_render_rewriting_results_and_the_docs_leaves_the_commit_clean_but_a_c
     assert "+dirty" not in provenance.git_commit()
     (tmp_path / "mixedae_core/model.py").write_text("after\n")
     assert provenance.git_commit().endswith("+dirty")
+
+
+def test_results_readme_states_what_the_paper_metrics_cost_per_record(tmp_path):
+    for name, seconds in (("a", {"frozen": 30, "transfer_per_seed": 300}), ("b", {"transfer_per_seed": 600}),
+                          ("c", {"frozen": 20}), ("d", None)):
+        (tmp_path / "runs" / "cpu" / name).mkdir(parents=True)
+        record = {"scores": {}} if seconds is None else {"scores": {}, "seconds": seconds}
+        (tmp_path / "runs" / "cpu" / name / "eval.json").write_text(json.dumps(record))
+    assert "7.5 min per run (median; 5.0–10.0 over 2 records" in _transfer_cost_line(tmp_path, "cpu")
+    assert _transfer_cost_line(tmp_path, "long") == ""

@@ -142,12 +142,13 @@ def fresh_clone_time(results: Path) -> str:
     clone = json.loads(path.read_text())
     campaign = clone["campaign"]
     retrained = len(campaign["trained"]) + len(campaign["resumed"])
+    trained = (f"trained {retrained} runs (those whose record the code has outdated, or whose model is not kept)"
+               if retrained else "trained no run")
     return (f" A clone of commit {clone['commit']} in an empty folder (the committed records; no run cache, no "
             f"`.venv`; this machine's pip cache), {clone['date'][:10]} on {clone['device']}: `make venv data` took "
             f"{clone['setup_seconds'] / 60:.1f} min, `make reproduce PRESET=cpu` {clone['reproduce_seconds'] / 60:.1f}"
             f" min, in which the campaign found {campaign['recorded_before']} of {campaign['planned']} records "
-            f"current and trained {retrained} runs (those whose checkpoints the notebooks draw, or whose record the "
-            f"code has outdated) in {campaign['wall_seconds'] / 60:.1f} min and the notebooks took "
+            f"current and {trained} in {campaign['wall_seconds'] / 60:.1f} min and the notebooks took "
             f"{sum(clone['notebook_seconds'].values()) / 60:.1f} min. From "
             f"{link('results/tables/cpu/fresh_clone.json')} (scripts/time_fresh_clone.sh).")
 

@@ -13,6 +13,7 @@ import contextlib
 import errno
 import json
 import os
+import statistics
 import time
 from pathlib import Path
 
@@ -198,6 +199,19 @@ def _training_line(out: Path, preset: str) -> tuple[str, float]:
             f"({'; '.join(where)})."), minutes
 
 
+def _transfer_cost_line(out: Path, preset: str) -> str:
+    """The paper metrics' added evaluation per run (one fine-tuning and one dense fine-tuning, i.e. one seed of
+    `noise_seeds`), as the records measured it (`seconds.transfer_per_seed` in each eval.json)."""
+    seconds = [json.loads(p.read_text()).get("seconds", {}).get("transfer_per_seed")
+               for p in sorted((out / "runs" / preset).glob("*/eval.json"))]
+    seconds = [s for s in seconds if s is not None]
+    if not seconds:
+        return ""
+    return (f" Fine-tuning and dense transfer added {statistics.median(seconds) / 60:.1f} min per run (median; "
+            f"{min(seconds) / 60:.1f}–{max(seconds) / 60:.1f} over {len(seconds)} records, `seconds."
+            f"transfer_per_seed` in each record, measured with the campaign's runs side by side).")
+
+
 def _missing_line(out: Path, preset: str) -> list[str]:
     """What the preset's notebooks still wait for (reproduce.missing_runs), or nothing."""
     path = out / "tables" / preset / "missing_runs.json"
@@ -239,6 +253,7 @@ def _claims_section(out: Path, preset: str) -> list[str]:
             f"Device: {', '.join(devices)}; commit: {', '.join(commits)}; notebooks run {dates[0]} to {dates[-1]}; "
             f"wall time of the notebooks: {total / 60:.1f} min "
             f"({', '.join(f'{k} {v / 60:.1f}' for k, v in timings.items())}).{training}"
+            f"{_transfer_cost_line(out, preset)}"
             + (f" In all: {training_minutes + total / 60:.1f} min." if training else ""), ""]
     head += _missing_line(out, preset) + [headline(verdicts) + " Each notebook discusses its numbers.", ""]
     return head + lines + [""]
