@@ -8,6 +8,7 @@ second process started beside the first takes the rows it has not begun (two sid
     .venv/bin/python scripts/pilot_paper_metrics.py [finetune|dense]
 """
 import dataclasses
+import functools
 import sys
 import time
 
@@ -80,14 +81,18 @@ def finetune_rows(suite: Suite) -> list[dict]:
 
 def dense_rows(suite: Suite) -> list[dict]:
     config, encoders = models(suite)
+    recipes = [dataclasses.replace(suite.eval_config, **fields) for fields in DENSE]
+    scenes = functools.cache(lambda i: dense_data(config, recipes[i]))  # once per recipe, only where a row needs it
 
-    def row(fields, name, model):
-        ec = dataclasses.replace(suite.eval_config, **fields)
-        return lambda: timed({"metric": "dense_miou", "model": name, **fields},
-                             lambda: dense_miou(model, dense_data(config, ec), ec))
+    def row(i, name, model):
+        def compute():
+            data = scenes(i)  # outside the timing: a row's seconds are the protocol's, not the scenes' drawing
+            return timed({"metric": "dense_miou", "model": name, **DENSE[i]},
+                         lambda: dense_miou(model, data, recipes[i]))
+        return compute
 
-    return shared_rows(cache_of(config) / "dense", {cache_name(name, fields): row(fields, name, model)
-                                                    for fields in DENSE for name, model in encoders.items()})
+    return shared_rows(cache_of(config) / "dense", {cache_name(name, fields): row(i, name, model)
+                                                    for i, fields in enumerate(DENSE) for name, model in encoders.items()})
 
 
 if __name__ == "__main__":

@@ -21,9 +21,8 @@ CAMPAIGNS=$campaigns SETUP=$setup REPRODUCE=$((SECONDS - start - setup)) OUT="$r
   .venv/bin/python - <<'RECORD'
 import json, os
 from pathlib import Path
-from mixedae_core.lab.provenance import provenance
-
 from mixedae_core.lab.campaign import campaign_plan
+from mixedae_core.lab.provenance import provenance
 from mixedae_core.lab.suite import Suite
 
 tables = Path("results/tables/cpu")
