@@ -86,7 +86,7 @@ class HomologousAttention(Attention):
     """timm `Attention` whose patch queries keep only their `topk` largest logits (homologous TopK).
 
     Parameter-free: the parameters are timm's (`qkv`, `proj`), so the weights load into a stock ViT.
-    `topk=None` is global attention (timm's own code path); `ModelConfig.attention_topk` decides which. The [CLS] queries (the first `n_cls` tokens)
+    `topk=None` is global attention (timm's own code path); `Switches.kept_keys` decides which. The [CLS] queries (the first `n_cls` tokens)
     keep every key `attn_mask` (boolean, True = allowed, as SDPA) allows. With `return_attention` (the
     probabilities and the selection) or `same_image` (the attention-form homologous loss on this layer's
     logits) the forward returns an `AttentionOut`, as DINO returns attention by argument.

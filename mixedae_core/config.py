@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from .data import NORMALIZATION, dataset_channels
+from .switches import GLOBAL, MIXEDAE_SWITCHES, MIXING_METHODS, canonical, mixing_group_size, resolve
 
 # Fields that change how a run is logged, fetched or checkpointed, not what it computes: they are left out of
 # the run key, and a run may be resumed with other values of them.
@@ -51,7 +52,6 @@ def device_type(device: str) -> str:
 
 
 METHODS = ("mae", "naive", "mixedae")
-GLOBAL = "global"  # topk: every patch query reads every key it may read (no homologous selection)
 
 
 def check_finite(config, cls, bad):
@@ -84,7 +84,7 @@ def at_most(config, limits: dict, bad):
 class ModelConfig:
     """Every model switch. MAE sizes use the official MAE constructor's keyword names.
 
-    The switches in MIXEDAE_DEFAULTS change MixedAE only: another method refuses any value but their default.
+    The switches in MIXEDAE_SWITCHES (switches.py) change MixedAE only: another method refuses any value but their default.
     `topk`, `homologous_layers` and `seg_embed` default to None, "the method's default".
     """
     method: str = "mixedae"           # mae | naive (MAE + naive mixing) | mixedae
@@ -123,109 +123,6 @@ class ModelConfig:
     def num_patches(self) -> int:
         return (self.img_size // self.patch_size) ** 2
 
-    @property
-    def mixes(self) -> bool:
-        return self.method in ("naive", "mixedae")
-
-    @property
-    def mix_group_size(self) -> int:
-        """G = 1/mix_ratio: the images a mixing method puts in one group (MAE is shown the same groups
-        where methods are compared on identical positions)."""
-        return round(1 / self.mix_ratio) if self.mix_ratio > 0 else 0
-
-    @property
-    def group_size(self) -> int:
-        """G: images per mixing group (1 for MAE)."""
-        return self.mix_group_size if self.mixes else 1
-
-    @property
-    def patch_keys(self) -> int:
-        """Keys a patch query may read in a mixed sequence: the N patches, plus the [CLS] when it is shared."""
-        return self.num_patches + (0 if self.cls_per_image else 1)
-
-    @property
-    def default_topk(self) -> int:
-        """rN: exactly an image's own patches (+ 1: a shared [CLS], which patches may read)."""
-        return self.patch_keys - self.num_patches + self.num_patches // self.mix_group_size
-
-    @property
-    def per_image_cls(self) -> bool:
-        """Whether each image's [CLS] is read by no patch and reads only that image (`cls_per_image`, mixing)."""
-        return self.mixes and self.cls_per_image
-
-    @property
-    def cls_tokens(self) -> int:
-        """[CLS] tokens at the start of every encoded sequence: G in compose mixing with `cls_per_image`
-        (one per image of the sequence), else 1."""
-        return self.group_size if self.mixes and self.mix_mode == "compose" and self.cls_per_image else 1
-
-    @property
-    def resolved_seg_embed(self) -> str:
-        if self.seg_embed is not None:
-            return self.seg_embed
-        return "encoder" if self.method == "mixedae" else "none"
-
-    @property
-    def resolved_topk(self) -> int | None:
-        """MixedAE's K as a number of keys ('global': every key a patch query may read); None for other methods."""
-        if self.method != "mixedae":
-            return None
-        return {None: self.default_topk, GLOBAL: self.patch_keys}.get(self.topk, self.topk)
-
-    @property
-    def attention_topk(self) -> int | None:
-        """The K the homologous layers apply; None where they attend globally: not MixedAE, or a K that keeps
-        every key a patch query may read (which selects nothing)."""
-        k = self.resolved_topk
-        return k if k is not None and k < self.patch_keys else None
-
-    @property
-    def resolved_homologous_layers(self) -> tuple[int, ...]:
-        if self.method != "mixedae":
-            return ()
-        return self.homologous_layers if self.homologous_layers is not None else tuple(range(self.depth))
-
-    @property
-    def homologous_loss(self) -> str | None:
-        """The form of the homologous loss this model trains with ('attention' | 'features'), None without one
-        (the attention form lives in the homologous layers: none without them)."""
-        if self.method != "mixedae" or self.hc_weight == 0:
-            return None
-        return None if self.hc_form == "attention" and not self.resolved_homologous_layers else self.hc_form
-
-    @property
-    def recognition_references(self) -> dict:
-        """Where MixedAE's recognition diagnostics sit by chance and when perfect: TopK accuracy at chance,
-        and loss_hc at chance (features: identical projections, log(N - 1); attention: uniform logits,
-        -log((rN - 1)/(N - 1))) and when perfect (features: log(rN - 1); attention: 0)."""
-        N, rN = self.num_patches, self.num_patches // self.mix_group_size
-        if self.hc_form == "features":
-            chance, perfect = math.log(N - 1), math.log(rN - 1)
-        else:
-            chance, perfect = -math.log((rN - 1) / (N - 1)), 0.0
-        return {"topk_acc_chance": (rN - 1) / (N - 1), "loss_hc_chance": chance, "loss_hc_perfect": perfect}
-
-    def canonical(self):
-        """A copy in which two configs that build the same model are equal: a MixedAE switch at its default
-        back to None (`topk=rN`, `topk=None`: one model; 'global' as its number of keys), the loss's other
-        switches at their defaults where there is no homologous loss, `cls_reads_itself` where no [CLS] is per
-        image, and `cls_per_image` where nothing is mixed."""
-        replace = {}
-        if self.method == "mixedae":
-            replace |= {"topk": None if self.resolved_topk == self.default_topk else self.resolved_topk,
-                        "homologous_layers": None if self.homologous_layers == tuple(range(self.depth))
-                        else self.homologous_layers,
-                        "seg_embed": None if self.seg_embed == "encoder" else self.seg_embed}
-        else:
-            replace |= {"seg_embed": None}
-        if self.homologous_loss is None:
-            replace |= {name: MIXEDAE_DEFAULTS[name] for name in LOSS_SWITCHES if name != "hc_weight"}
-        if not self.per_image_cls:  # a ViT's [CLS], which reads every token: the switch cannot change the model
-            replace |= {"cls_reads_itself": True}
-        if not self.mixes:  # one image per sequence: its [CLS] is the image's either way
-            replace |= {"cls_per_image": True}
-        return dataclasses.replace(self, **replace)
-
     def without_mixing(self) -> "ModelConfig":
         """Plain MAE of the same sizes (and, for a Config, data and seed): every method's shared init."""
         return dataclasses.replace(self, method="mae", mix_mode="compose", **MIXEDAE_DEFAULTS)
@@ -237,7 +134,7 @@ class ModelConfig:
         check_finite(self, ModelConfig, bad)
         self.validate_sizes(bad)
         self.validate_switches(bad)
-        if self.mixes:
+        if self.method in MIXING_METHODS:
             self.validate_mixing(bad)
 
     def validate_sizes(self, bad):
@@ -279,7 +176,7 @@ class ModelConfig:
             bad("mix_mode is a mixing switch; method='mae' does not mix")
 
     def validate_mixing(self, bad):
-        G = self.mix_group_size
+        G = mixing_group_size(self)
         if G < 2 or abs(G * self.mix_ratio - 1) > 1e-9:
             bad(f"mix_ratio must be 1/G for an integer G >= 2 (0.5, 0.25, ...), got {self.mix_ratio}")
         if self.num_patches % G:
@@ -289,18 +186,17 @@ class ModelConfig:
             bad(f"topk must be a number of keys or {GLOBAL!r}, got {self.topk!r}")
         if isinstance(self.topk, str) and self.topk != GLOBAL:
             bad(f"topk must be a number of keys or {GLOBAL!r} (every key), or null for the default rN; got {self.topk!r}")
-        if isinstance(self.topk, int) and not 1 <= self.topk <= self.patch_keys:
-            bad(f"topk must be in [1, {self.patch_keys}] (the keys a patch query may read) or {GLOBAL!r}, "
-                f"got {self.topk}")
         for i in self.homologous_layers or ():
             if not 0 <= i < self.depth:
                 bad(f"homologous_layers must index encoder blocks 0..{self.depth - 1}, got {i}")
+        try:
+            resolve(self)  # what only the resolved switches can tell: K's range
+        except ValueError as err:
+            bad(str(err))
 
 
 # The switches that change MixedAE only, at their defaults: every other method holds them there.
-LOSS_SWITCHES = ("hc_form", "hc_weight", "hc_temperature", "hc_proj_dim")
-MIXEDAE_DEFAULTS = {name: ModelConfig.__dataclass_fields__[name].default
-                    for name in ("topk", "homologous_layers", "seg_embed", *LOSS_SWITCHES)}
+MIXEDAE_DEFAULTS = {name: ModelConfig.__dataclass_fields__[name].default for name in MIXEDAE_SWITCHES}
 
 
 @dataclass
@@ -381,9 +277,9 @@ class Config(ModelConfig):
         for name in ("beta1", "beta2"):
             if not 0 <= getattr(self, name) < 1:
                 bad(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.batch_size % (self.accum_steps * self.group_size):
-            bad(f"batch_size {self.batch_size} must be divisible by accum_steps x G = "
-                f"{self.accum_steps} x {self.group_size}")
+        G = resolve(self).group_size
+        if self.batch_size % (self.accum_steps * G):
+            bad(f"batch_size {self.batch_size} must be divisible by accum_steps x G = {self.accum_steps} x {G}")
         if self.warmup_epochs > self.epochs:
             bad(f"warmup_epochs {self.warmup_epochs} exceeds epochs {self.epochs}")
         if self.precision not in PRECISIONS:
@@ -397,7 +293,7 @@ class Config(ModelConfig):
     def result_fields(self) -> dict:
         """The fields that decide what the run computes: canonical values, NOT_IN_RUN_KEY left out, the
         device as its kind."""
-        fields = {k: v for k, v in self.canonical().to_dict().items()
+        fields = {k: v for k, v in canonical(self).to_dict().items()
                   if k not in NOT_IN_RUN_KEY and not (k in LEGACY_VALUES and v == LEGACY_VALUES[k])}
         return {**fields, "device": device_type(fields["device"])}
 

@@ -24,6 +24,8 @@ from torch.utils.data import DataLoader, DistributedSampler, Subset
 from PIL import Image
 from torchvision.datasets import ImageFolder
 
+from .switches import resolve
+
 FASHION_MNIST_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
                        "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 FASHION_MNIST_DIRS = ("/usr/share/datasets/fashion-mnist", "data/FashionMNIST/raw", "data/fashion-mnist")
@@ -375,6 +377,7 @@ class DeviceBatches:
 
     def __init__(self, config, device, rank: int, world: int):
         self.config, self.device, self.rank, self.world = config, device, rank, world
+        self.group_size = resolve(config).group_size
         data = stored_dataset(config, "train")
         self.data = data.subset(config.train_subset).to(device)
         self.name = data.name
@@ -388,7 +391,7 @@ class DeviceBatches:
         if epoch != self._order_epoch:
             c = self.config
             g = step_generator(c.seed, 1, epoch, torch.device("cpu"))
-            self._order = epoch_order(self.data.labels, c.batch_size, c.group_size, c.group_by, g).to(self.device)
+            self._order = epoch_order(self.data.labels, c.batch_size, self.group_size, c.group_by, g).to(self.device)
             self._order_epoch = epoch
         return self._order
 
@@ -399,12 +402,13 @@ class DeviceBatches:
         idx = self._epoch_order(epoch)[i * c.batch_size:(i + 1) * c.batch_size]
         g = step_generator(c.seed, 2, step, self.device)
         images = random_resized_crop_flip(normalize(self.data.images[idx], self.name), c.img_size, g)
-        noise = torch.rand(c.batch_size // c.group_size, c.num_patches, generator=g, device=self.device)
+        G = self.group_size
+        noise = torch.rand(c.batch_size // G, c.num_patches, generator=g, device=self.device)
         m = c.batch_size // (c.accum_steps * self.world)
         out = []
         for a in range(c.accum_steps):
             j = a * self.world + self.rank
-            out.append((images[j * m:(j + 1) * m], noise[j * m // c.group_size:(j + 1) * m // c.group_size]))
+            out.append((images[j * m:(j + 1) * m], noise[j * m // G:(j + 1) * m // G]))
         return out
 
 
@@ -413,6 +417,7 @@ class FolderBatches:
 
     def __init__(self, config, device, rank: int, world: int):
         self.config, self.device, self.rank = config, device, rank
+        self.group_size = resolve(config).group_size
         m = config.batch_size // (config.accum_steps * world)
         self.loader = imagefolder_loader(config.dataset_path, config.img_size, m, config.workers, config.seed,
                                          rank, world)
@@ -434,5 +439,5 @@ class FolderBatches:
         out = []
         for _ in range(c.accum_steps):
             images = next(self._iter)[0].to(self.device, non_blocking=True)
-            out.append((images, torch.rand(len(images) // c.group_size, c.num_patches, generator=g, device=self.device)))
+            out.append((images, torch.rand(len(images) // self.group_size, c.num_patches, generator=g, device=self.device)))
         return out

@@ -16,10 +16,10 @@ from tqdm.auto import tqdm
 
 from .config import Config, EvalConfig, ModelConfig
 from .data import TensorDataset, dataset_of, epoch_order, normalize, random_resized_crop_flip
-from .mixing import draw_partition, mix_tokens
+from .mixing import draw_partition
+from .switches import mixing_group_size
 from .losses import normalize_patches, patchify, reconstruction_loss
-from .attention import per_image_cls_mask
-from .model import ENCODER_PREFIXES, MaskedAutoencoderViT, build_model, timm_encoder
+from .model import ENCODER_PREFIXES, MaskedAutoencoderViT, MixedAutoencoderViT, build_model, timm_encoder
 from .objects import (OBJECT_MASK_DATASETS, VARIANTS, cluttered, map_baseline_scores, map_object_iou, object_variants,
                       score_name)
 from .train import autocast, lr_schedule, make_optimizer
@@ -147,7 +147,7 @@ def own_image_attention(probs: torch.Tensor, src: torch.Tensor, n_cls: int = 1) 
 
 
 def grouping_chance(config: ModelConfig) -> float:
-    rN = config.num_patches // config.mix_group_size
+    rN = config.num_patches // mixing_group_size(config)
     return (rN - 1) / (config.num_patches - 1)
 
 
@@ -161,16 +161,11 @@ def mixed_grouping(model: MaskedAutoencoderViT, images_uint8: torch.Tensor, data
     A model that learned to follow the segment embedding scores 1 with `segments` for that reason alone (a
     positive control). noise [B/G, N]: the partition noise, the same for every model compared."""
     model.eval()
-    c = model.config
-    x = model.patch_embed(normalize(images_uint8.to(noise.device), dataset)) + model.pos_embed[:, 1:, :]
-    mixed, src, _ = mix_tokens(x, draw_partition(len(noise), c.num_patches, c.mix_group_size, noise), "compose")
-    if segments and c.resolved_seg_embed == "encoder":
-        mixed = mixed + F.embedding(src, model.seg_embed)
-    n_cls = c.mix_group_size if c.per_image_cls else 1
-    mask = per_image_cls_mask(src, None, n_cls, c.cls_reads_itself) if c.per_image_cls else None
-    tokens = torch.cat([model.expand_cls(len(mixed)).expand(-1, n_cls, -1), mixed], dim=1)
-    _, extras = model.encode(tokens, None, return_attention=True, attn_mask=mask, n_cls=n_cls)
-    return [own_image_attention(e.probs, src, n_cls).item() for e in extras]
+    mixing_model = MixedAutoencoderViT.holding(model, "compose")
+    imgs = normalize(images_uint8.to(noise.device), dataset)
+    _, mixing, extras = mixing_model.forward_mixed_encoder(imgs, noise, return_attention=True, homologous=False,
+                                                           segments=segments)
+    return [own_image_attention(e.probs, mixing.src, mixing.n_cls).item() for e in extras]
 
 
 @torch.no_grad()
@@ -218,9 +213,10 @@ def shared_position_loss(model: MaskedAutoencoderViT, imgs: torch.Tensor, partit
     `mix_mode` (compose: set b mod G; full: set 2b mod G); MAE is shown exactly those positions. So MAE
     and the mixing methods are compared on one pretext. Returns the model output (loss_per_image, mask)."""
     c = model.config
-    if c.mixes:
-        if (c.group_size, c.mix_mode) != (group_size, mix_mode):
-            raise ValueError(f"the model mixes G = {c.group_size} images in {c.mix_mode} mode; "
+    s = model.switches
+    if model.mixes:
+        if (s.group_size, s.mix_mode) != (group_size, mix_mode):
+            raise ValueError(f"the model mixes G = {s.group_size} images in {s.mix_mode} mode; "
                              f"asked for G = {group_size} in {mix_mode} mode")
         return model(imgs, noise=partition_noise)
     B, N = imgs.shape[0], c.num_patches
@@ -419,7 +415,7 @@ def object_scores(model: MaskedAutoencoderViT, test: TensorDataset, ec: EvalConf
 def pretext_inputs(config: Config, test: TensorDataset, n_images: int):
     """(uint8 images, labels, partition noise) of the pretext measurements: n_images test images (whole groups of
     G), a fixed choice and noise that every run of every method shares."""
-    G, N = config.mix_group_size, config.num_patches  # the mixing methods' G; MAE sees the same groups
+    G, N = mixing_group_size(config), config.num_patches  # the mixing methods' G; MAE sees the same groups
     n = min(n_images, len(test)) // G * G
     if n == 0:
         raise ValueError(f"pretext scores need at least G = {G} test images, the test split has {len(test)}")
@@ -434,7 +430,7 @@ def content_scores(model: MaskedAutoencoderViT, config: Config, images_uint8: to
     """{shared_loss, floor}: the loss on identical hidden positions and the model's content-blind floor on them
     (their ratio is `content_ratio`), for uint8 images in groups of G (a last partial group is left out)."""
     device = next(model.parameters()).device
-    G = config.mix_group_size
+    G = mixing_group_size(config)
     m = len(images_uint8) // G * G
     x, nz = normalize(images_uint8[:m].to(device), dataset), noise[:m // G].to(device)
     loss = shared_position_loss(model, x, nz, G, config.mix_mode).loss_per_image.mean().item()
@@ -457,7 +453,7 @@ def pretext_scores(model: MaskedAutoencoderViT, config: Config, test: TensorData
     DEPENDENCE_LAYOUTS (dose_loss_<layout>, dose_reliance_<layout>, dose_floor, dose_sensitivity,
     dose_pred_change), with about n_images / G anchors."""
     device = next(model.parameters()).device
-    G, N = config.mix_group_size, config.num_patches
+    G, N = mixing_group_size(config), config.num_patches
     images, labels, noise = pretext_inputs(config, test, n_images)
     layouts = {"random": torch.arange(len(images)),
                "class": epoch_order(labels, G, G, "class", torch.Generator().manual_seed(0))}

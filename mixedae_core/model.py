@@ -5,8 +5,11 @@
 loss; checked against its outputs in tests/test_mae_parity.py): `forward_encoder`, `forward_decoder`,
 `forward_loss`. `MixedAutoencoderViT` (MAE + naive mixing, and MixedAE) is what mixing adds to it: which
 tokens enter the encoder, which tokens each image's decoder sequence gets, the attention of the homologous
-layers and (MixedAE) one more loss. The switches and their validation are `config.ModelConfig`.
+layers and (MixedAE) one more loss, under names of its own (`forward_mixed_encoder`, `forward_unmixing_decoder`,
+`forward_mixed_loss`), so that every override keeps its base method's signature. The switches' values are validated
+by `config.ModelConfig`; what they mean is read once, in the constructor, into `self.switches` (switches.py).
 """
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -22,6 +25,7 @@ from .attention import HomologousBlock, per_image_cls_mask, topk_accuracy
 from .config import ModelConfig
 from .losses import homologous_contrastive_loss, normalize_patches, patchify, reconstruction_loss
 from .mixing import draw_partition, mix_tokens
+from .switches import resolve
 
 
 @dataclass
@@ -64,9 +68,12 @@ class MaskedAutoencoderViT(nn.Module):
     """MAE: the official `MaskedAutoencoderViT` (module names, creation order and init as the official code,
     so the same seed gives the same weights), configured by a `ModelConfig` with method='mae'."""
 
+    mixes = False  # whether this class mixes images: each method has its class, and build_model picks it
+
     def __init__(self, config: ModelConfig):
         super().__init__()
-        if config.mixes != isinstance(self, MixedAutoencoderViT):  # each method has its class: build_model picks it
+        self.switches = resolve(config)  # the one reading of the config's switches; the model reads only these
+        if self.switches.mixes != self.mixes:
             raise ValueError(f"method={config.method!r} is built by build_model(config), not {type(self).__name__}")
         c = self.config = config
         norm_layer = partial(nn.LayerNorm, eps=1e-6)
@@ -147,7 +154,7 @@ class MaskedAutoencoderViT(nn.Module):
         which also compute the attention-form homologous loss given `same_image` ([E, 1, N, N], see
         TopKAttention); `attn_mask` (boolean, [E, 1, T, T]) in every block.
         Returns (normalised tokens, per-block AttentionOut, or None where nothing was asked)."""
-        homologous = self.config.resolved_homologous_layers
+        homologous = self.switches.homologous_layers
         extras = []
         for i, blk in enumerate(self.blocks):
             x, extra = blk(x, topk if i in homologous else None, return_attention,
@@ -223,18 +230,21 @@ class Mixing(NamedTuple):
 class MixedAutoencoderViT(MaskedAutoencoderViT):
     """MAE + mixing: `naive` (mixing alone) and `mixedae` (+ segment embedding, homologous TopK attention
     and the homologous loss). The MAE modules and init are untouched: with one seed, every method starts
-    from the same shared weights; mixing's own modules are created and initialised after them."""
+    from the same shared weights; mixing's own modules are created and initialised after them.
+
+    Its encoder, decoder and loss take what mixing needs, so they have names of their own
+    (`forward_mixed_encoder`, `forward_unmixing_decoder`, `forward_mixed_loss`); MAE's keep their meaning."""
+    mixes = True
 
     def __init__(self, config: ModelConfig):
         super().__init__(config)
-        c = config
-        seg = c.resolved_seg_embed
+        c, s = config, self.switches
         self.seg_embed = None
-        if seg != "none":
-            dim = c.embed_dim if seg == "encoder" else c.decoder_embed_dim
-            self.seg_embed = nn.Parameter(torch.zeros(c.group_size, dim))
+        if s.seg_embed is not None:
+            dim = c.embed_dim if s.seg_embed == "encoder" else c.decoder_embed_dim
+            self.seg_embed = nn.Parameter(torch.zeros(s.group_size, dim))
         self.hc_head = None
-        if c.homologous_loss == "features":
+        if s.loss_form == "features":
             with torch.random.fork_rng(devices=[]):  # its default init must not shift the draws below
                 self.hc_head = nn.Sequential(nn.Linear(c.embed_dim, c.embed_dim), nn.GELU(),
                                              nn.Linear(c.embed_dim, c.hc_proj_dim))
@@ -242,43 +252,58 @@ class MixedAutoencoderViT(MaskedAutoencoderViT):
         if self.seg_embed is not None:
             nn.init.normal_(self.seg_embed, std=0.02)
 
+    @classmethod
+    def holding(cls, model: MaskedAutoencoderViT, mix_mode: str = "compose") -> "MixedAutoencoderViT":
+        """`model`'s weights in a mixing model that mixes in `mix_mode`: the model itself where it already does;
+        for MAE, naive mixing with one shared [CLS], a ViT's (MAE's encoder on mixed inputs)."""
+        if model.mixes and model.switches.mix_mode == mix_mode:
+            return model
+        c = dataclasses.replace(model.config, mix_mode=mix_mode,
+                                **({} if model.mixes else {"method": "naive", "cls_per_image": False}))
+        with torch.random.fork_rng(devices=[]):  # its init is overwritten: it must not consume the caller's draws
+            mixing = cls(c).to(next(model.parameters()).device)
+        mixing.load_state_dict(model.state_dict(), strict=True)
+        return mixing.train(model.training)
+
     def unmixed_attn_mask(self, num_patches: int) -> torch.Tensor | None:
         """With a per-image [CLS]: no patch reads it, and it reads only patches unless `cls_reads_itself`;
         None for a shared [CLS], a ViT's, which reads and is read by all."""
-        c = self.config
-        if not c.per_image_cls:
+        s = self.switches
+        if not s.per_image_cls:
             return None
         one_image = torch.zeros(1, num_patches, dtype=torch.long, device=self.pos_embed.device)
-        return per_image_cls_mask(one_image, one_image[:, 0], 1, c.cls_reads_itself)
+        return per_image_cls_mask(one_image, one_image[:, 0], 1, s.cls_reads_itself)
 
-    def forward_encoder(self, imgs, noise=None, return_attention=False):
-        """Mix groups of G images (partition `noise` [B/G, N] or a fresh draw) and encode the mixed sequences.
-        Returns (latent [E, n_cls + N, D], Mixing, per-block AttentionOut)."""
-        c = self.config
+    def forward_mixed_encoder(self, imgs, noise=None, return_attention=False, homologous=True, segments=True):
+        """Mix groups of G images (partition `noise` [B/G, N] or a fresh draw) and encode the mixed sequences:
+        with the homologous layers' TopK and loss unless not `homologous`, the encoder's segment embedding unless
+        not `segments`. Returns (latent [E, n_cls + N, D], Mixing, per-block AttentionOut)."""
+        s = self.switches
         x = self.embed(imgs)
-        G = c.group_size
+        G = s.group_size
         sets = draw_partition(x.shape[0] // G, x.shape[1], G, noise, device=x.device)
-        mixed, src, seq_of_image = mix_tokens(x, sets, c.mix_mode)
-        if c.resolved_seg_embed == "encoder":
+        mixed, src, seq_of_image = mix_tokens(x, sets, s.mix_mode)
+        if segments and s.seg_embed == "encoder":
             mixed = mixed + F.embedding(src, self.seg_embed)  # its backward is cheaper than indexing's
         same_image = None
-        if c.homologous_loss == "attention":
+        if homologous and s.loss_form == "attention":
             same_image = (src.unsqueeze(2) == src.unsqueeze(1)).unsqueeze(1).float()
-        E, n_cls = mixed.shape[0], c.cls_tokens
+        E, n_cls = mixed.shape[0], s.n_cls
         slot = torch.arange(x.shape[0], device=x.device) % G
-        cls_mask = per_image_cls_mask(src, slot if c.mix_mode == "full" else None, n_cls,
-                                      c.cls_reads_itself) if c.cls_per_image else None
+        cls_mask = per_image_cls_mask(src, slot if s.mix_mode == "full" else None, n_cls,
+                                      s.cls_reads_itself) if s.per_image_cls else None
         latent, extras = self.encode(torch.cat([self.expand_cls(E).expand(-1, n_cls, -1), mixed], dim=1),
-                                     c.attention_topk, return_attention, same_image, cls_mask, n_cls)
+                                     s.kept_keys if homologous else None, return_attention, same_image, cls_mask,
+                                     n_cls)
         return latent, Mixing(src, seq_of_image, slot, n_cls), extras
 
-    def forward_decoder(self, latent, mixing: Mixing):
+    def forward_unmixing_decoder(self, latent, mixing: Mixing):
         """Unmix: image b's decoder sequence holds its own encoded tokens and mask tokens elsewhere; it never
         receives another image's patch tokens. Returns (pred [B, N, p*p*C], mask [B, N]: 1 = reconstructed)."""
         y = self.decoder_embed(latent)[mixing.seq_of_image]
         visible = mixing.src[mixing.seq_of_image] == mixing.slot.unsqueeze(1)
         tokens = torch.where(visible.unsqueeze(-1), y[:, mixing.n_cls:], self.mask_token.to(y.dtype))
-        if self.config.resolved_seg_embed == "decoder":
+        if self.switches.seg_embed == "decoder":
             tokens = tokens + visible.unsqueeze(-1) * self.seg_embed[mixing.slot].unsqueeze(1)
         own_cls = y[torch.arange(len(y), device=y.device), mixing.slot if mixing.n_cls > 1 else 0].unsqueeze(1)
         pred = self.decode(torch.cat([own_cls, tokens], dim=1))
@@ -286,37 +311,36 @@ class MixedAutoencoderViT(MaskedAutoencoderViT):
 
     def homologous_loss(self, latent, mixing: Mixing, extras):
         """MixedAE's homologous loss in its configured form (docs/METHOD.md, section 4.4); 0 without one."""
-        form = self.config.homologous_loss
+        form = self.switches.loss_form
         if form == "attention":
-            return torch.stack([extras[i].loss_hc for i in self.config.resolved_homologous_layers]).mean()
+            return torch.stack([extras[i].loss_hc for i in self.switches.homologous_layers]).mean()
         if form == "features":
             z = F.normalize(self.hc_head(latent[:, mixing.n_cls:]), dim=-1)
             return homologous_contrastive_loss(z, mixing.src, self.config.hc_temperature)
         return torch.zeros((), device=latent.device)
 
-    def forward_loss(self, imgs, pred, mask, latent=None, mixing: Mixing | None = None, extras=()):
+    def forward_mixed_loss(self, imgs, pred, mask, latent, mixing: Mixing, extras):
         """(loss, loss_rec, loss_per_image [B], loss_hc): reconstruction + hc_weight x the homologous loss."""
-        loss_rec, loss_per_image = super().forward_loss(imgs, pred, mask)
+        loss_rec, loss_per_image = self.forward_loss(imgs, pred, mask)
         loss_hc = self.homologous_loss(latent, mixing, extras)
-        loss = loss_rec + self.config.hc_weight * loss_hc if self.config.homologous_loss else loss_rec
+        loss = loss_rec + self.switches.hc_weight * loss_hc if self.switches.loss_form else loss_rec
         return loss, loss_rec, loss_per_image, loss_hc
 
     def forward(self, imgs, mask_ratio=None, noise=None, diagnostics=False, return_attention=False) -> ModelOutput:
         """One pre-training step's forward. `noise`: the mixing partition noise [B/G, N]. `diagnostics` adds
         TopK accuracy per homologous layer; `return_attention` the attention probabilities of every block."""
-        c = self.config
-        if imgs.shape[0] % c.group_size:
+        s = self.switches
+        if imgs.shape[0] % s.group_size:
             raise ValueError(f"batch size {imgs.shape[0]} must be divisible by the group size G = 1/mix_ratio = "
-                             f"{c.group_size}")
+                             f"{s.group_size}")
         if mask_ratio is not None:
             raise ValueError("mask_ratio applies to method='mae' only; mixing sets visibility through mix_ratio")
-        latent, mixing, extras = self.forward_encoder(imgs, noise, diagnostics or return_attention)
-        pred, mask = self.forward_decoder(latent, mixing)
-        loss, loss_rec, loss_per_image, loss_hc = self.forward_loss(imgs, pred, mask, latent, mixing, extras)
+        latent, mixing, extras = self.forward_mixed_encoder(imgs, noise, diagnostics or return_attention)
+        pred, mask = self.forward_unmixing_decoder(latent, mixing)
+        loss, loss_rec, loss_per_image, loss_hc = self.forward_mixed_loss(imgs, pred, mask, latent, mixing, extras)
         topk_acc = None
-        if diagnostics and c.resolved_homologous_layers:
-            topk_acc = torch.stack([topk_accuracy(extras[i].selection, mixing.src)
-                                    for i in c.resolved_homologous_layers])
+        if diagnostics and s.homologous_layers:
+            topk_acc = torch.stack([topk_accuracy(extras[i].selection, mixing.src) for i in s.homologous_layers])
         return ModelOutput(loss=loss, loss_rec=loss_rec, loss_hc=loss_hc, pred=pred, mask=mask, src=mixing.src,
                            seq_of_image=mixing.seq_of_image, loss_per_image=loss_per_image, topk_acc=topk_acc,
                            attentions=[e.probs for e in extras] if return_attention else None)
@@ -346,7 +370,7 @@ def build_mae(**kwargs) -> OfficialMAE:
 
 def build_model(config: ModelConfig) -> MaskedAutoencoderViT:
     """MAE, or MAE + mixing for the mixing methods."""
-    return MixedAutoencoderViT(config) if config.mixes else MaskedAutoencoderViT(config)
+    return MixedAutoencoderViT(config) if resolve(config).mixes else MaskedAutoencoderViT(config)
 
 
 ENCODER_PREFIXES = ("patch_embed.", "cls_token", "pos_embed", "blocks.", "norm.")

@@ -50,9 +50,9 @@ def reconstruction_figure(model: MaskedAutoencoderViT, images: torch.Tensor, dat
     recon = unpatchify(pred, c.patch_size, c.in_chans) * hidden + images * (1 - hidden)
     visible = images * (1 - hidden) + images.amin() * hidden  # hidden patches dark
     rows = []
-    G = c.group_size
+    G = model.switches.group_size
     for b in range(len(images)):
-        if c.mixes and b % G == 0:
+        if model.mixes and b % G == 0:
             seq = out.seq_of_image[b]
             first = (b // G) * G
             mixed = target[first + out.src[seq], torch.arange(c.num_patches)]  # the sequence the encoder saw
@@ -63,14 +63,14 @@ def reconstruction_figure(model: MaskedAutoencoderViT, images: torch.Tensor, dat
     for ax_row, (label, content) in zip(axes, rows):
         if isinstance(content, tuple):
             for ax, img, title in zip(ax_row, content, ("original", "visible to it", "reconstruction")):
-                _show(ax, to_display(img[None], dataset)[0], title if ax_row is axes[0] or c.mixes else None)
+                _show(ax, to_display(img[None], dataset)[0], title if ax_row is axes[0] or model.mixes else None)
             ax_row[0].set_ylabel(label, fontsize=8)
         else:
             _show(ax_row[0], to_display(content[None], dataset)[0], label)
             ax_row[1].axis("off")
             ax_row[2].axis("off")
     caption = "reconstructions un-normalised with each target patch's mean and variance" if c.norm_pix_loss else ""
-    fig.suptitle(f"{c.method}" + (f" ({c.mix_mode})" if c.mixes else "") + (f"\n{caption}" if caption else ""),
+    fig.suptitle(f"{c.method}" + (f" ({c.mix_mode})" if model.mixes else "") + (f"\n{caption}" if caption else ""),
                  fontsize=9)
     fig.tight_layout()
     return fig
@@ -105,13 +105,13 @@ def topk_selection_figure(model: MaskedAutoencoderViT, images: torch.Tensor, dat
     if c.method != "mixedae":
         raise ValueError("TopK selections exist for method='mixedae' only")
     model.eval()
-    G = c.group_size
+    G = model.switches.group_size
     out = model(images[:G], noise=noise, return_attention=True)
     grid = int(c.num_patches ** 0.5)
     src = out.src[0].view(grid, grid).cpu()
     query = int(torch.arange(c.num_patches)[out.src[0].cpu() == 0][0]) if query is None else query
     attn = out.attentions[layer][0]  # [H, T, T]
-    n_cls = c.cls_tokens
+    n_cls = model.switches.n_cls
     kept = (attn[:, n_cls + query, n_cls:] > 0).float().mean(0).view(grid, grid).cpu()
     fig, axes = plt.subplots(1, 2, figsize=(5, 2.6))
     axes[0].imshow(src.numpy(), cmap="tab10", vmin=0, vmax=9)

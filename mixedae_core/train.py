@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from .config import LEGACY_VALUES, Config, device_name_error
 from .data import training_batches
 from .model import build_model
+from .switches import resolve
 from .runfiles import (CHECKPOINT, CONFIG, METRICS, SUMMARY, RunFileError, run_lock, read_checkpoint, read_metrics,
                        save_atomic, write_text_atomic)
 
@@ -167,14 +168,15 @@ def recognition_warnings(config: Config, loss_hc: float, topk_acc_layers) -> lis
     recognises."""
     if config.method != "mixedae":
         return []
-    refs, out = config.recognition_references, []
-    if topk_acc_layers and config.attention_topk is not None:  # a K that keeps every key is at chance by design
+    s = resolve(config)
+    refs, out = s.recognition_references(), []
+    if topk_acc_layers and s.kept_keys is not None:  # a K that keeps every key is at chance by design
         mean = sum(topk_acc_layers) / len(topk_acc_layers)
         if mean < refs["topk_acc_chance"] + 0.1 * (1 - refs["topk_acc_chance"]):
             out.append(f"TopK accuracy {mean:.3f} (mean over layers) is at chance ({refs['topk_acc_chance']:.3f}): "
                        "the attention does not select the query's own image")
     span = refs["loss_hc_chance"] - refs["loss_hc_perfect"]
-    if config.homologous_loss and loss_hc > refs["loss_hc_chance"] - 0.1 * span:
+    if s.loss_form and loss_hc > refs["loss_hc_chance"] - 0.1 * span:
         out.append(f"loss_hc {loss_hc:.3f} is at its chance value {refs['loss_hc_chance']:.3f} "
                    f"(perfect: {refs['loss_hc_perfect']:.3f}): homologous recognition has not started")
     return out
@@ -354,9 +356,10 @@ def train(config: Config, run_dir, resume: bool = True, progress: bool = True, s
     returns becomes a learning-curve line of metrics.jsonl (evaluate.LearningCurveProbe)."""
     c, run_dir = config, Path(run_dir)
     rank, world, device = distributed_context(c)
-    if c.batch_size % (c.accum_steps * world * c.group_size):
+    G = resolve(c).group_size
+    if c.batch_size % (c.accum_steps * world * G):
         raise ValueError(f"batch_size {c.batch_size} must split into accum_steps x processes = "
-                         f"{c.accum_steps} x {world} micro-batches that are multiples of G = {c.group_size}")
+                         f"{c.accum_steps} x {world} micro-batches that are multiples of G = {G}")
     batches = training_batches(c, device, rank, world)  # data errors come before anything is written
     with locked_run_dir(run_dir, rank):
         ckpt = checkpoint_to_resume(c, run_dir, resume, device)
@@ -434,7 +437,7 @@ def write_summary(c: Config, run_dir: Path, state: dict, total: int, steps_per_e
                "epochs_run": total / steps_per_epoch, "images": state["images"],
                "train_seconds": state["train_seconds"], "img_per_s": state["images"] / max(state["train_seconds"], 1e-9),
                "processes": world, "final": epochs[-1] if epochs else None, "device": describe_device(device),
-               **({"recognition": {**c.recognition_references, "loss_hc": last.get("loss_hc"),
+               **({"recognition": {**resolve(c).recognition_references(), "loss_hc": last.get("loss_hc"),
                                    "topk_acc_layers": last.get("topk_acc_layers"),
                                    "warnings": recognition_warnings(c, last.get("loss_hc", 0.0), last.get("topk_acc_layers"))}}
                   if c.method == "mixedae" else {}),

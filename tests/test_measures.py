@@ -11,6 +11,7 @@ from mixedae_core.evaluate import (at_image_size, content_floor, dependence_layo
 from mixedae_core.losses import normalize_patches, patchify, reconstruction_loss
 from mixedae_core.mixing import draw_partition
 from mixedae_core.model import build_model
+from mixedae_core.switches import resolve
 
 
 def smoke_model(method, seed=0):
@@ -47,12 +48,15 @@ class CopyNeighbour(torch.nn.Module):
     """A hand-built mixing model: each hidden position is predicted by the patch that the group member
     showing that position has there. It reads its neighbours completely and nothing else."""
 
+    mixes = True
+
     def __init__(self):
         super().__init__()
         self.config = make_config("smoke", method="naive")
+        self.switches = resolve(self.config)
 
     def forward(self, imgs, noise):
-        G, N = self.config.group_size, self.config.num_patches
+        G, N = self.switches.group_size, self.config.num_patches
         target = normalize_patches(patchify(imgs, self.config.patch_size))
         sets = draw_partition(len(imgs) // G, N, G, noise)  # [groups, N]: the slot that shows each position
         slot = torch.arange(len(imgs)) % G

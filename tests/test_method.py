@@ -13,6 +13,7 @@ from mixedae_core import (MaskedAutoencoderViT, MixedAutoencoderViT, ModelConfig
                           timm_encoder)
 from mixedae_core.losses import homologous_contrastive_loss, reconstruction_loss
 from mixedae_core.mixing import draw_partition, mix_tokens
+from mixedae_core.switches import canonical, resolve
 from mixedae_core.attention import HomologousAttention, TopKAttention, per_image_cls_mask, topk_accuracy
 
 TINY = dict(img_size=16, patch_size=4, in_chans=3, embed_dim=32, depth=2, num_heads=2,
@@ -364,7 +365,7 @@ def test_attention_loss_matches_loop_reference_and_its_references():
     logits = q @ k.transpose(-2, -1)
     for topk in (None, 3):  # the selection does not enter the loss
         torch.testing.assert_close(attention_loss(q, k, src, topk), attention_loss_reference([logits[:, :, 1:]], src))
-    refs = tiny("mixedae").recognition_references  # N = 16, G = 4, rN = 4
+    refs = resolve(tiny("mixedae")).recognition_references()  # N = 16, G = 4, rN = 4
     src16 = torch.stack([torch.arange(16) % 4] * 2)
     uniform = attention_loss(torch.zeros(2, 3, 17, 4), torch.randn(2, 3, 17, 4), src16)
     torch.testing.assert_close(uniform.item(), refs["loss_hc_chance"])
@@ -404,7 +405,7 @@ def test_topk_attention_under_bf16_autocast_keeps_input_dtypes():
 
 
 def test_identical_projections_sit_at_the_features_collapse_value():
-    refs = tiny("mixedae", hc_form="features").recognition_references
+    refs = resolve(tiny("mixedae", hc_form="features")).recognition_references()
     src = torch.stack([torch.arange(16) % 4] * 2)
     z = F.normalize(torch.ones(2, 16, 8), dim=-1)  # every patch projected to the same point
     torch.testing.assert_close(homologous_contrastive_loss(z, src, 0.1).item(), refs["loss_hc_chance"])
@@ -418,7 +419,7 @@ def test_homologous_keys_that_dominate_the_logits_give_topk_accuracy_1():
     model = build_model(c).eval()
     D = c.embed_dim
     with torch.no_grad():
-        model.seg_embed.copy_(1e3 * torch.eye(c.group_size, D))  # orthogonal, dwarfing patch + position
+        model.seg_embed.copy_(1e3 * torch.eye(resolve(c).group_size, D))  # orthogonal, dwarfing patch + position
         qkv = model.blocks[0].attn.qkv
         qkv.weight.zero_()
         qkv.bias.zero_()
@@ -474,7 +475,7 @@ def test_evaluation_reads_as_pretraining_did(method, mode, reads_itself):
         pretraining = model(images(8), return_attention=True).attentions
         _, evaluation = model.forward_features(images(3), return_attention=True)
     for pre, ev in zip(pretraining, evaluation):
-        assert read_pattern(pre, c.cls_tokens) == read_pattern(ev, 1)
+        assert read_pattern(pre, resolve(c).n_cls) == read_pattern(ev, 1)
     per_image = method != "mae"
     assert read_pattern(evaluation[0], 1) == {"patch reads a [CLS]": not per_image,
                                               "[CLS] reads itself": reads_itself or not per_image,
@@ -510,7 +511,7 @@ def test_with_perfect_selection_each_image_is_reconstructed_from_itself_alone(mo
         model = build_model(c).eval()
         D = c.embed_dim
         with torch.no_grad():
-            model.seg_embed.copy_(1e3 * torch.eye(c.group_size, D))  # orthogonal, dwarfing patch + position
+            model.seg_embed.copy_(1e3 * torch.eye(resolve(c).group_size, D))  # orthogonal, dwarfing patch + position
             model.cls_token.zero_()
             for blk in model.blocks:  # q = k = v = the normed token: logits follow the segment embedding
                 blk.attn.qkv.weight.copy_(torch.eye(D).repeat(3, 1))
@@ -539,8 +540,8 @@ def test_mixedae_without_its_parts_is_naive_mixing():
 def test_global_attention_is_named_and_is_the_k_that_keeps_every_key():
     """topk=None is the default K (rN); 'global' is every key: the same model as K = the keys a patch may read."""
     default, named, every_key = tiny("mixedae"), tiny("mixedae", topk="global"), tiny("mixedae", topk=16)
-    assert default.attention_topk == 4 and named.attention_topk is None and every_key.attention_topk is None
-    assert named.canonical() == every_key.canonical() != default.canonical()
+    assert resolve(default).kept_keys == 4 and resolve(named).kept_keys is None and resolve(every_key).kept_keys is None
+    assert canonical(named) == canonical(every_key) != canonical(default)
     x, noise = images(8), torch.rand(2, 16, generator=torch.Generator().manual_seed(3))
     torch.manual_seed(0)
     a = build_model(named)(x, noise=noise)
@@ -551,8 +552,8 @@ def test_global_attention_is_named_and_is_the_k_that_keeps_every_key():
 
 def test_topk_names_one_k_whatever_its_type_and_the_shared_cls_counts_as_a_key():
     shared = tiny("mixedae", topk="global", cls_per_image=False)
-    assert shared.attention_topk is None and shared.canonical().topk == 17  # 16 patches + the shared [CLS]
-    assert tiny("mixedae", topk=np.int64(5)).canonical() == tiny("mixedae", topk=5).canonical()
+    assert resolve(shared).kept_keys is None and canonical(shared).topk == 17  # 16 patches + the shared [CLS]
+    assert canonical(tiny("mixedae", topk=np.int64(5))) == canonical(tiny("mixedae", topk=5))
     for bad in (True, 2.5, np.int64(0), np.int64(17)):
         with pytest.raises(ValueError, match="topk"):
             tiny("mixedae", topk=bad)
@@ -568,7 +569,7 @@ def test_each_method_is_built_by_its_own_class():
 def test_no_homologous_layer_means_no_attention_form_loss():
     model = build_model(tiny("mixedae", homologous_layers=()))
     out = model(images(8))
-    assert model.config.homologous_loss is None and out.loss_hc == 0 and torch.equal(out.loss, out.loss_rec)
+    assert model.switches.loss_form is None and out.loss_hc == 0 and torch.equal(out.loss, out.loss_rec)
 
 
 def test_without_homologous_loss_neither_form_builds_or_computes_one():
@@ -577,8 +578,8 @@ def test_without_homologous_loss_neither_form_builds_or_computes_one():
     attention = build_model(tiny("mixedae", hc_weight=0.0))
     torch.manual_seed(0)
     features = build_model(tiny("mixedae", hc_weight=0.0, hc_form="features", hc_temperature=0.5))
-    assert features.hc_head is None and tiny("mixedae", hc_form="features").homologous_loss == "features"
-    assert tiny("mixedae", hc_weight=0.0, hc_form="features").canonical() == tiny("mixedae", hc_weight=0.0).canonical()
+    assert features.hc_head is None and resolve(tiny("mixedae", hc_form="features")).loss_form == "features"
+    assert canonical(tiny("mixedae", hc_weight=0.0, hc_form="features")) == canonical(tiny("mixedae", hc_weight=0.0))
     x, noise = images(8), torch.rand(2, 16, generator=torch.Generator().manual_seed(3))
     a, b = attention(x, noise=noise), features(x, noise=noise)
     assert torch.equal(a.loss, b.loss) and b.loss_hc == 0 and torch.equal(b.loss, b.loss_rec)
@@ -595,7 +596,7 @@ def test_mae_is_the_plain_model_and_mixing_what_is_added():
 def test_recognition_warnings_flag_chance_and_collapse_only():
     from mixedae_core.train import recognition_warnings
     features = tiny("mixedae", hc_form="features")
-    refs = features.recognition_references
+    refs = resolve(features).recognition_references()
     chance, collapsed = refs["topk_acc_chance"], refs["loss_hc_chance"]
     both = recognition_warnings(features, collapsed, [chance, chance])
     assert len(both) == 2 and "at chance" in both[0] and "chance value" in both[1]

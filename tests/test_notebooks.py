@@ -20,6 +20,7 @@ from mixedae_core.lab.reproduce import CampaignIncomplete, _missing_line, execut
 from mixedae_core.lab.runs import records_control
 from mixedae_core.lab.suite import INTERACTIVE, Suite, final_losses
 from mixedae_core.lab.timing import bench_key
+from mixedae_core.switches import resolve
 
 SEEDS = list(PRESETS["smoke"].seeds)
 
@@ -110,12 +111,12 @@ def test_planned_runs_cover_every_method_seed_and_the_ablations():
         {(m, s) for m in ("mae", "naive", "mixedae") for s in (0, 1, 2)}
     config = make_config("smoke", method="mixedae")
     assert sorted(o["topk"] for o in plan if "topk" in o) == \
-        sorted(k for k in k_values(config) if k != config.resolved_topk)
+        sorted(k for k in k_values(config) if k != resolve(config).K)
     # notebook 03 names every K explicitly; its default-K run is the headline's MixedAE run (one record)
     k_runs = EXPERIMENTS["03_choice_of_k"].runs(config, [0])
-    assert [o["topk"] for o in k_runs] == k_values(config) and config.resolved_topk in k_values(config)
+    assert [o["topk"] for o in k_runs] == k_values(config) and resolve(config).K in k_values(config)
     suite = Suite("smoke", [0], progress=False)
-    assert suite.record_path(method="mixedae", seed=0, topk=config.resolved_topk) == \
+    assert suite.record_path(method="mixedae", seed=0, topk=resolve(config).K) == \
         suite.record_path(method="mixedae", seed=0)
     for ablation in ABLATIONS.values():  # the paper's remaining ablations, first seed only
         assert [o["seed"] for o in plan if o == {"method": "mixedae", **ablation, "seed": o["seed"]}] == [0]

@@ -20,6 +20,7 @@ from mixedae_core.lab.runs import ensure_run, run_dir_for, run_key
 from mixedae_core.runfiles import load_model, read_metrics
 from mixedae_core.train import CODE_VERSION, NonFiniteLossError, RunExistsError, lr_schedule, param_groups, train
 from mixedae_core.model import build_model
+from mixedae_core.switches import resolve
 
 ENV = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
 
@@ -426,7 +427,7 @@ def test_image_folder_smaller_than_a_batch_or_with_a_corrupt_image_is_one_senten
 
 def test_a_switch_at_its_default_value_names_the_same_run():
     config = make_config("smoke", method="mixedae")
-    rN = config.num_patches // config.group_size
+    rN = config.num_patches // resolve(config).group_size
     key = run_key(config, CODE_VERSION)
     assert run_key(make_config("smoke", method="mixedae", topk=rN), CODE_VERSION) == key
     assert run_key(make_config("smoke", method="mixedae", seg_embed="encoder"), CODE_VERSION) == key

@@ -13,6 +13,7 @@ import torch
 
 from ..data import training_batches
 from ..config import METHODS
+from ..switches import resolve
 from .provenance import REPO
 from .timing import bench_key
 
@@ -22,8 +23,8 @@ BENCH_CSV = REPO / "results" / "tables" / "bench.csv"
 def k_values(config) -> list[int]:
     """Notebook 03's K values: half the default, the default (rN, or rN + 1 with a shared [CLS]), default + rN,
     and every key a patch query may read (global)."""
-    rN, default = config.num_patches // config.group_size, config.default_topk
-    return [default - rN // 2, default, default + rN, config.patch_keys]
+    s = resolve(config)
+    return [s.default_K - s.tokens_per_image // 2, s.default_K, s.default_K + s.tokens_per_image, s.patch_keys]
 
 
 def planned_steps(config) -> int:
@@ -54,7 +55,7 @@ def equal_compute(config, bench_csv=BENCH_CSV) -> tuple[int, str]:
     measurement, 1/G of compose's steps (full mixing encodes G sequences per group where compose encodes one)."""
     measured = full_step_ratio(config, bench_csv)
     if measured is None:
-        return max(1, planned_steps(config) // config.group_size), \
+        return max(1, planned_steps(config) // resolve(config).group_size), \
             "1/G of compose's steps: no `make bench` row for this model and device"
     ratio, where = measured
     return max(1, round(planned_steps(config) / ratio)), f"full step = {ratio:.2f}x compose step ({where})"

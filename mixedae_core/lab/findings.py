@@ -7,10 +7,11 @@ import torch
 
 from ..evaluate import CONTROL, cls_maps, content_ratio, mixed_grouping, random_init_encoder
 from ..runfiles import read_metrics
+from ..switches import mixing_group_size, resolve
 from ..objects import (TRIVIAL_MAPS, attention_region, clutter_regions, cluttered_test, mass_shares, patch_mask,
                        prior_maps)
 from .claims import claim, mean_std, measure_check, per_seed, reported, unvalidated
-from .experiments import ABLATIONS, RECOGNITION_DESIGNS
+from .experiments import ABLATIONS, EXPERIMENTS, RECOGNITION_DESIGNS
 from .suite import INIT_SCORES, Suite
 from .timing import TimedStep, alternated_step_times
 
@@ -174,10 +175,16 @@ DEFAULT_DESIGN = next(iter(RECOGNITION_DESIGNS))
 DRAWN_DESIGNS = [name for name in RECOGNITION_DESIGNS if "(default)" in name or "(before)" in name]
 
 
-def topk_accuracy_curves(suite: Suite, k_runs: list[dict]) -> pd.DataFrame:
+def choice_of_k_runs(suite: Suite) -> list[tuple[dict, int]]:
+    """(run, its K) of notebook 03's choice of K: K in {rN/2, rN, 2rN, N} (experiments.k_values)."""
+    return [(run, resolve(suite.config(**run)).K)
+            for run in EXPERIMENTS["03_choice_of_k"].runs(suite.config(method="mixedae"), suite.seeds)]
+
+
+def topk_accuracy_curves(suite: Suite, k_runs: list[tuple[dict, int]]) -> pd.DataFrame:
     """TopK accuracy per layer at every logged step of each K's run."""
-    return pd.DataFrame([{"K": run["topk"], "seed": run["seed"], "step": r["step"], "layer": layer, "topk_acc": acc}
-                         for run in k_runs for _, r in suite.metrics(**run).iterrows()
+    return pd.DataFrame([{"K": k, "seed": run["seed"], "step": r["step"], "layer": layer, "topk_acc": acc}
+                         for run, k in k_runs for _, r in suite.metrics(**run).iterrows()
                          for layer, acc in enumerate(r["topk_acc_layers"])])
 
 
@@ -189,7 +196,7 @@ def recognition_designs(suite: Suite) -> tuple[pd.DataFrame, pd.DataFrame]:
         for run in suite.runs():
             if run != {"method": "mixedae", **design, "seed": run["seed"]}:
                 continue
-            refs = suite.config(**run).recognition_references
+            refs = resolve(suite.config(**run)).recognition_references()
             steps = suite.metrics(**run)
             layers = final_topk_layers(steps)
             rows.append({"design": name, **suite.row(**run), "topk_acc": float(np.mean(layers)),
@@ -215,14 +222,15 @@ def design_summary(designs: pd.DataFrame) -> pd.DataFrame:
 
 def k_claims(rows: pd.DataFrame, designs: pd.DataFrame, config) -> list[dict]:
     """Homologous TopK against global attention, and the default design's TopK accuracy against chance."""
-    default_k, global_k = config.resolved_topk, config.patch_keys
+    s = resolve(config)
+    default_k, global_k = s.K, s.patch_keys
     selected = per_seed(designs, "topk_acc", design=DEFAULT_DESIGN)
     return [
         claim(f"Homologous attention (K = {default_k}) beats global attention (K = {global_k}), frozen [CLS] kNN",
               per_seed(rows, "knn_cls", K=default_k), per_seed(rows, "knn_cls", K=global_k), +1,
               f"K={default_k}", "global"),
         claim(f"TopK selects an image's own patches above chance (K = {default_k}, mean over layers)",
-              selected, np.full(len(selected), config.recognition_references["topk_acc_chance"]), +1,
+              selected, np.full(len(selected), s.recognition_references()["topk_acc_chance"]), +1,
               "TopK acc.", "chance", scale=1, unit=""),
     ]
 
@@ -237,12 +245,12 @@ def ablation_table(suite: Suite) -> pd.DataFrame:
     for name, run in named.items():
         config, steps = suite.config(**run), suite.metrics(**run, seed=seed)
         layers = final_topk_layers(steps)
-        row = suite.row(**run, seed=seed)
-        if config.homologous_loss is None:  # logged as 0, which would read as perfect recognition
+        row, s = suite.row(**run, seed=seed), resolve(config)
+        if s.loss_form is None:  # logged as 0, which would read as perfect recognition
             row["loss_hc"] = np.nan
-        rows.append({"design": name, **row, "homologous_loss": config.homologous_loss or "none",
+        rows.append({"design": name, **row, "homologous_loss": s.loss_form or "none",
                      "topk_acc": float(np.mean(layers)) if isinstance(layers, list) else np.nan,
-                     "topk_acc_chance": config.recognition_references["topk_acc_chance"]
+                     "topk_acc_chance": s.recognition_references()["topk_acc_chance"]
                      if config.method == "mixedae" else np.nan})
     return pd.DataFrame(rows)
 
@@ -268,7 +276,8 @@ def ablation_claims(table: pd.DataFrame) -> list[dict]:
 
 def k_notes(rows: pd.DataFrame, curves: pd.DataFrame, designs: pd.DataFrame, config, seed: int) -> list[str]:
     """The default K's final TopK accuracy per layer, the best K, and each design's TopK accuracy."""
-    default_k, chance = config.resolved_topk, config.recognition_references["topk_acc_chance"]
+    s = resolve(config)
+    default_k, chance = s.K, s.recognition_references()["topk_acc_chance"]
     final = curves[curves.step == curves.step.max()]
     per_layer = final[final.K == default_k].groupby("layer")["topk_acc"].mean()
     best = designs.groupby("design", sort=False)["topk_acc"].mean()
@@ -345,8 +354,9 @@ def grouping_table(suite: Suite, n_images: int, mixedae_first_seed) -> pd.DataFr
     embedding back, which labels each patch's source."""
     config, seed = suite.config(), suite.seeds[0]
     _, raw, _ = suite.test_images(n_images, seed=4)  # fewer where the test set is smaller
-    raw = raw[:len(raw) // config.mix_group_size * config.mix_group_size]
-    noise = torch.rand(len(raw) // config.mix_group_size, config.num_patches,
+    G = mixing_group_size(config)
+    raw = raw[:len(raw) // G * G]
+    noise = torch.rand(len(raw) // G, config.num_patches,
                        generator=torch.Generator().manual_seed(4)).to(raw.device)
     measured = [(r["method"], r["seed"], suite.model(**r)[0], False) for r in suite.drawn()]
     measured += [("random-init encoder", seed, random_init_encoder(config, raw.device), False),

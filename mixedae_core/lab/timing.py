@@ -32,7 +32,7 @@ class TimedStep:
         self.model = build_model(config).to(self.device).train()
         self.step = TrainStep(self.model, config, compile_model=compile_model)
         self.images = torch.randn(batch, config.in_chans, config.img_size, config.img_size, device=self.device)
-        self.noise = torch.rand(batch // config.group_size, config.num_patches, device=self.device)
+        self.noise = torch.rand(batch // self.model.switches.group_size, config.num_patches, device=self.device)
         self.lr = config.lr
 
     def __call__(self):
